@@ -1,0 +1,56 @@
+"""GPTConfig: the transformer's shape plus the names and knobs of its mechanisms.
+
+The config holds names and knob dicts, never classes, so it serialises to JSON and hashes
+(litgpt's reason). `models.registry` is the only place a name becomes a module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50304       # GPT-2's 50257 padded to a multiple of 64
+    dropout: float = 0.0
+    bias: bool = True             # bias in Linears and LayerNorms, as GPT-2
+    mlp_expansion: float = 4.0    # D_ff = int(mlp_expansion * n_embd), honoured by every MLP
+    attn: str = "causal"          # attention mechanism name (models.registry)
+    attn_knobs: dict[str, Any] = field(default_factory=dict)
+    mlp: str = "gelu"             # MLP mechanism name (models.registry)
+    mlp_knobs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.mlp_expansion <= 0:
+            raise ValueError(f"mlp_expansion must be > 0, got {self.mlp_expansion}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def d_ff(self) -> int:
+        return int(self.mlp_expansion * self.n_embd)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model field(s) {unknown} (known: {sorted(known)})")
+        return cls(**d)

@@ -1,0 +1,50 @@
+"""BlockContext: the typed signals that flow between blocks within ONE forward pass.
+
+Upstream stored cross-block signals on the modules and read them on the next call, i.e. from
+the previous micro-batch (mechanisms.md §4.5, §17 #2). Here a fresh context is created by
+`GPT.forward`, threaded through the block loop, and dropped at the end of the forward.
+
+Per block l:
+  - the attention reads `*_in` signals produced by block l-1,
+  - the block writes `attn_out` (and the attention may write `attn_probs`, `latent_k`)
+    for its own MLP,
+  - the MLP writes `*_out` signals for block l+1,
+  - `advance()` moves block l's outputs into block l+1's inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class BlockContext:
+    coupling_scale: float = 1.0          # cs in [0,1], set by the trainer before each forward (§9)
+    force_gates_open: bool = False       # every sigmoid gate := 1 (§5)
+    layer_idx: int = 0
+
+    # produced inside block l for its own MLP
+    attn_out: Tensor | None = None       # (B, T, C) attention sub-layer output, before the residual add
+    attn_probs: Tensor | None = None     # (B, H, T, T) detached attention weights (mechanism 2)
+    latent_k: Tensor | None = None       # (B, T, L) MLA latent keys c_K (mechanism 3 coupler)
+
+    # produced by block l, consumed by block l+1
+    head_gates_out: Tensor | None = None     # (B, T, H) mechanism 1
+    latent_z_out: Tensor | None = None       # (B, T, L) mechanism 3 MLP -> next attention
+
+    # consumed by block l, produced by block l-1
+    head_gates_in: Tensor | None = None
+    latent_z_in: Tensor | None = None
+    prev_attn_out: Tensor | None = None      # (B, T, C) seed-003 variant (§8.3)
+
+    def advance(self) -> None:
+        """Hand block l's outputs to block l+1 and clear block-local signals."""
+        self.head_gates_in, self.head_gates_out = self.head_gates_out, None
+        self.latent_z_in, self.latent_z_out = self.latent_z_out, None
+        self.prev_attn_out = self.attn_out
+        self.attn_out = None
+        self.attn_probs = None
+        self.latent_k = None
+        self.layer_idx += 1

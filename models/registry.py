@@ -1,0 +1,65 @@
+"""The only place mechanism names become modules (torchtitan/litgpt style).
+
+A new mechanism is one file under `models/mechanisms/`, one line here, one test file.
+The dict is an explicit literal, not import-time decorators, so it is greppable and import
+order cannot change it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import torch.nn as nn
+
+from models import layers
+from models.config import GPTConfig
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    slot: Literal["attn", "mlp"]
+    knobs: type
+    module: type[nn.Module]
+    doc: str
+
+
+MECHANISMS: dict[str, Mechanism] = {
+    "causal": Mechanism("attn", layers.NoKnobs, layers.CausalSelfAttention, "GPT-2 causal self-attention (SDPA)"),
+    "gelu": Mechanism("mlp", layers.NoKnobs, layers.MLP, "GPT-2 MLP: c_fc, GELU, c_proj"),
+}
+
+
+class UnknownMechanismError(ValueError):
+    """Raised for a name that is not in MECHANISMS (the orchestrator maps it to UnknownMechanism)."""
+
+
+def get(name: str, slot: str) -> Mechanism:
+    mech = MECHANISMS.get(name)
+    if mech is None or mech.slot != slot:
+        valid = sorted(n for n, m in MECHANISMS.items() if m.slot == slot)
+        raise UnknownMechanismError(f"unknown {slot} mechanism {name!r} (known: {', '.join(valid)})")
+    return mech
+
+
+def make_knobs(name: str, slot: str, knobs: dict[str, Any]) -> Any:
+    """Validate a knob dict by constructing the mechanism's frozen Knobs dataclass."""
+    mech = get(name, slot)
+    known = [f.name for f in fields(mech.knobs)]
+    unknown = sorted(set(knobs) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown knob {unknown[0]!r} for {slot} mechanism {name!r} "
+            f"(known: {', '.join(known) if known else 'none'})"
+        )
+    return mech.knobs(**knobs)
+
+
+def build(slot: str, cfg: GPTConfig, layer_idx: int) -> nn.Module:
+    name, knobs = (cfg.attn, cfg.attn_knobs) if slot == "attn" else (cfg.mlp, cfg.mlp_knobs)
+    mech = get(name, slot)
+    return mech.module(cfg, make_knobs(name, slot, knobs), layer_idx)
+
+
+def names(slot: str | None = None) -> list[str]:
+    return sorted(n for n, m in MECHANISMS.items() if slot is None or m.slot == slot)

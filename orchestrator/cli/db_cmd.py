@@ -1,0 +1,7 @@
+"""`recip db ...` (under construction in this commit)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="db commands.", no_args_is_help=True)

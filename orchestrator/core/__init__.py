@@ -1,0 +1,1 @@
+"""Pure domain code: spec models, resolution, ids, states, errors. Imports stdlib and pydantic only."""
