@@ -39,6 +39,13 @@ class BlockContext:
     latent_z_in: Tensor | None = None
     prev_attn_out: Tensor | None = None      # (B, T, C) seed-003 variant (§8.3)
 
+    # accumulated over the whole forward (never cleared by advance)
+    aux_loss: Tensor | None = None           # () extra training loss terms, e.g. KV keep-ratio cost (§10)
+
+    def add_aux_loss(self, term: Tensor) -> None:
+        """Add a scalar to the loss GPT.forward returns (modules add it only in training)."""
+        self.aux_loss = term if self.aux_loss is None else self.aux_loss + term
+
     def advance(self) -> None:
         """Hand block l's outputs to block l+1 and clear block-local signals."""
         self.head_gates_in, self.head_gates_out = self.head_gates_out, None

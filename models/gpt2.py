@@ -32,6 +32,9 @@ class Block(nn.Module):
         self.attn = registry.build("attn", cfg, layer_idx)
         self.ln_2 = LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = registry.build("mlp", cfg, layer_idx)
+        bind = getattr(self.mlp, "bind_attention", None)
+        if bind is not None:
+            bind(self.attn)  # R-MLP tie_to_attn_proj shares rows of this block's attention c_proj
 
     def forward(self, x, ctx: BlockContext):
         a = self.attn(self.ln_1(x), ctx)  # (B, T, C)
@@ -105,6 +108,8 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            if ctx.aux_loss is not None:  # e.g. the learned KV keep-ratio cost (training only)
+                loss = loss + ctx.aux_loss
         return logits, loss
 
     def set_coupling_scale(self, cs: float):
