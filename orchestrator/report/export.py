@@ -1,0 +1,126 @@
+"""A Report as JSON or Markdown, plus the cell formatting the terminal table shares."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from orchestrator.report.analysis import Comparison, Report, StepSummary
+
+
+def to_dict(report: Report) -> dict[str, Any]:
+    """The Report as plain JSON-able data (tuples become lists)."""
+    data = asdict(report)
+    data["used_attempts"] = {k: [list(x) for x in v] for k, v in report.used_attempts.items()}
+    clean: dict[str, Any] = _finite(data)
+    return clean
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(to_dict(report), indent=2, sort_keys=True) + "\n"
+
+
+def to_markdown(report: Report, plots: Sequence[Path] = (), relative_to: Path | None = None) -> str:
+    """The Report as a Markdown document; `plots` are linked relative to `relative_to`
+    (the directory of the Markdown file) when given."""
+    m = report.metric
+    lines = [f"# Study `{report.study}`", ""]
+    if report.description:
+        lines += [report.description, ""]
+    lines += [f"Metric: `{m}` (mean ± sample std over seeds). A delta is *noise* when "
+              f"|delta| < max(noise floor {report.noise_floor:g}, 2 × its standard error).", ""]
+    lines += ["## Steps", "", _row(["step", "parent", "mechanisms", "status", "n", m,
+                                    "tokens/s", "params", "commit"]), _rule(9)]
+    for s in report.steps:
+        lines.append(_row([s.step, s.parent or "–", s.mechanisms or "–", s.status, str(s.n),
+                           fmt_mean(s), fmt_int(s.tokens_per_s), fmt_int(s.params_total),
+                           ",".join(s.commits) or "–"]))
+    lines += ["", "## Deltas", "", _row(["comparison", "kind", "delta", "±", "noise <",
+                                         "verdict", "confounders"]), _rule(7)]
+    for c in report.comparisons:
+        lines.append(_row([c.label, c.kind, fmt_delta(c), fmt_num(c.spread),
+                           fmt_num(c.threshold), c.verdict,
+                           "; ".join(c.confounders) or (c.note or "–")]))
+    if report.cumulative:
+        lines += ["", "## Cumulative effect", "", _row(["step", "chain", "delta vs root",
+                                                        "predicted", "verdict"]), _rule(5)]
+        for cu in report.cumulative:
+            pred = f"[{cu.predicted[0]:+.4f}, {cu.predicted[1]:+.4f}]" if cu.predicted else "–"
+            lines.append(_row([cu.step, " → ".join(cu.chain), fmt_signed(cu.delta), pred,
+                               cu.verdict]))
+    if report.chains:
+        lines += ["", "## Monotonicity", ""]
+        for ch in report.chains:
+            state = {True: "monotone", False: "not monotone", None: "pending"}[ch.monotone]
+            extra = (f" (worse than parent: {', '.join(ch.breaks)})" if ch.breaks else
+                     f" (pending: {', '.join(ch.pending)})" if ch.pending else "")
+            lines.append(f"- {' → '.join(ch.chain)}: {state}{extra}")
+    if report.expectations:
+        lines += ["", "## Expected ranges", "", _row(["step", "metric", "expected", "mean", "n",
+                                                      "verdict"]), _rule(6)]
+        for e in report.expectations:
+            verdict = e.verdict + (f" ({e.note})" if e.note else "")
+            lines.append(_row([e.step, e.metric, f"[{e.lo:g}, {e.hi:g}]", fmt_num(e.mean),
+                               str(e.n), verdict]))
+    if report.rules:
+        lines += ["", "## Troubleshooting rules", "", _row(["step", "condition", "status",
+                                                            "evidence", "say"]), _rule(5)]
+        for r in report.rules:
+            lines.append(_row([r.step, r.condition, r.status.upper() if r.status == "fired"
+                               else r.status, r.evidence or "–", r.say]))
+    lines += ["", "## Flags", ""]
+    lines += [f"- **{f.step}** {f.kind}: {f.message}" for f in report.flags] or ["- none"]
+    if plots:
+        lines += ["", "## Plots", ""]
+        for p in plots:
+            target = os.path.relpath(p, relative_to) if relative_to is not None else str(p)
+            lines.append(f"![{p.stem}]({target})")
+    return "\n".join(lines) + "\n"
+
+
+def fmt_mean(s: StepSummary) -> str:
+    if s.mean is None:
+        return "–"
+    return f"{s.mean:.4f} ± {s.std:.4f}" if s.std is not None else f"{s.mean:.4f}"
+
+
+def fmt_delta(c: Comparison) -> str:
+    if c.delta is None:
+        return "pending"
+    pct = f" ({c.delta_pct:+.2f}%)" if c.delta_pct is not None else ""
+    return f"{c.delta:+.4f}{pct}"
+
+
+def fmt_signed(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.4f}"
+
+
+def fmt_num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def fmt_int(x: float | None) -> str:
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _rule(n: int) -> str:
+    return "|" + "---|" * n
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x

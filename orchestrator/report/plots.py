@@ -1,0 +1,150 @@
+"""PNG plots of a Report: val-loss curves (mean and min-max band over seeds), delta bars
+with error bars, gate trajectories. matplotlib (Agg) is imported inside `write_plots`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.core.results import MetricSeries
+from orchestrator.report.analysis import NOISE_Z, Report, is_gate_stat, split_stat
+
+Curve = tuple[list[float], list[float], list[float], list[float]]
+"""(x, mean, low, high)."""
+
+VERDICT_COLOURS = {"better": "#2a9d47", "worse": "#c0392b", "noise": "#8c8c8c"}
+
+
+def seed_band(curves: Sequence[Sequence[tuple[int, float]]]) -> Curve:
+    """Mean, min and max over seeds on the union of their x values; a seed contributes only
+    inside its own x range (linear interpolation between its points)."""
+    xs = sorted({x for c in curves for x, _ in c})
+    mean, low, high, keep = [], [], [], []
+    for x in xs:
+        vals = [v for c in curves if (v := _interp(c, x)) is not None]
+        if not vals:
+            continue
+        keep.append(float(x))
+        mean.append(sum(vals) / len(vals))
+        low.append(min(vals))
+        high.append(max(vals))
+    return keep, mean, low, high
+
+
+def _interp(curve: Sequence[tuple[int, float]], x: int) -> float | None:
+    pts = [(px, v) for px, v in curve if math.isfinite(v)]
+    if not pts or x < pts[0][0] or x > pts[-1][0]:
+        return None
+    for (x0, v0), (x1, v1) in zip(pts, pts[1:], strict=False):
+        if x0 <= x <= x1:
+            return v0 if x1 == x0 else v0 + (v1 - v0) * (x - x0) / (x1 - x0)
+    return pts[-1][1]
+
+
+def val_curves(report: Report, series: MetricSeries, name: str = "val_loss") -> dict[str, Curve]:
+    out = {}
+    for step, used in report.used_attempts.items():
+        curves = [series.get(aid, {}).get(name, []) for _, aid in used]
+        curves = [c for c in curves if c]
+        if curves:
+            out[step] = seed_band(curves)
+    return out
+
+
+def gate_curves(report: Report, series: MetricSeries) -> dict[str, dict[str, Curve]]:
+    """step -> gate stat key (averaged over layers per seed) -> band over seeds."""
+    out: dict[str, dict[str, Curve]] = {}
+    for step, used in report.used_attempts.items():
+        per_key: dict[str, list[list[tuple[int, float]]]] = {}
+        for _, aid in used:
+            by_key: dict[str, dict[int, list[float]]] = {}
+            for name, points in series.get(aid, {}).items():
+                prefix, key, _ = split_stat(name)
+                if prefix != "stats" or not is_gate_stat(key):
+                    continue
+                for it, v in points:
+                    by_key.setdefault(key, {}).setdefault(it, []).append(v)
+            for key, its in by_key.items():
+                per_key.setdefault(key, []).append(
+                    [(it, sum(vs) / len(vs)) for it, vs in sorted(its.items())])
+        if per_key:
+            out[step] = {k: seed_band(c) for k, c in sorted(per_key.items())}
+    return out
+
+
+def write_plots(report: Report, series: MetricSeries, out_dir: Path) -> list[Path]:
+    """Write curves.png, deltas.png and gates.png (each only when it has data) into
+    `out_dir`; return the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    curves = val_curves(report, series)
+    if curves:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for step, (x, mean, low, high) in curves.items():
+            n = len(report.used_attempts.get(step, ()))
+            (line,) = ax.plot(x, mean, label=f"{step} (n={n})", linewidth=1.5)
+            if n > 1:
+                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("val loss")
+        ax.set_title(f"{report.study}: validation loss (mean, band = min-max over seeds)")
+        lows = [min(c[1]) for c in curves.values()]
+        highs = [c[1][min(len(c[1]) - 1, 1)] for c in curves.values()]
+        if lows and highs:
+            ax.set_ylim(min(lows) - 0.05 * abs(min(lows)), max(highs) + 0.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(_save(fig, plt, out_dir / "curves.png"))
+
+    deltas = [c for c in report.comparisons if c.delta is not None]
+    if deltas:
+        fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(deltas) + 1)))
+        ys = list(range(len(deltas)))[::-1]
+        err = [NOISE_Z * c.spread if c.spread is not None else 0.0 for c in deltas]
+        colours = [VERDICT_COLOURS.get(c.verdict, "#8c8c8c") for c in deltas]
+        ax.barh(ys, [c.delta or 0.0 for c in deltas], xerr=err, color=colours, capsize=3)
+        for y, c in zip(ys, deltas, strict=True):
+            if c.threshold is not None:
+                ax.plot([-c.threshold, c.threshold], [y, y], color="black", alpha=0.25,
+                        linewidth=6, solid_capstyle="butt")
+        ax.set_yticks(ys, [f"{c.label} [{c.verdict}]" for c in deltas], fontsize=8)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_xlabel(f"delta {report.metric} (error bars: 2 × s.e.; grey: noise band)")
+        ax.set_title(f"{report.study}: deltas")
+        ax.grid(axis="x", alpha=0.3)
+        written.append(_save(fig, plt, out_dir / "deltas.png"))
+
+    gates = gate_curves(report, series)
+    if gates:
+        n = len(gates)
+        cols = min(3, n)
+        rows = math.ceil(n / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+        for ax, (step, keys) in zip(axes.flat, gates.items(), strict=False):
+            for key, (x, mean, low, high) in keys.items():
+                (line,) = ax.plot(x, mean, label=key, linewidth=1.2)
+                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.set_title(step, fontsize=9)
+            ax.set_xlabel("iteration", fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        for ax in list(axes.flat)[n:]:
+            ax.set_visible(False)
+        fig.suptitle(f"{report.study}: gate / mixing-scalar trajectories (mean over layers)")
+        written.append(_save(fig, plt, out_dir / "gates.png"))
+    return written
+
+
+def _save(fig: Any, plt: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

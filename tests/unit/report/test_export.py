@@ -1,0 +1,70 @@
+"""Markdown/JSON exports and PNG plots of a synthetic Report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.report.analysis import analyze
+from orchestrator.report.export import to_json, to_markdown
+from orchestrator.report.plots import seed_band, write_plots
+
+GOOD = {"baseline": [3.62, 3.64], "step1": [3.57, 3.59], "step2": [3.53, 3.55],
+        "step3": [3.48, 3.50], "step4": [3.53, 3.55], "step5": [3.43, 3.45]}
+
+
+def _series(results):
+    out = {}
+    for a in results.attempts:
+        final = a.result["best_val_loss"]
+        out[a.attempt_id] = {
+            "val_loss": [(0, 10.8), (50, 5.0 + a.seed * 0.01), (100, final)],
+            "stats/mlp.gate_alpha/L0": [(0, 0.1), (50, 0.11), (100, 0.12)],
+            "stats/mlp.gate_alpha/L1": [(0, 0.1), (50, 0.09), (100, 0.08)],
+        }
+    return out
+
+
+def test_json_export_round_trips_the_numbers(build, spec000) -> None:
+    rep = analyze(build(spec000(), dict(GOOD, step2=[])))
+    data = json.loads(to_json(rep))
+    assert data["study"] == "ra_mla_reciprocal" and data["metric"] == "best_val_loss"
+    c = next(c for c in data["comparisons"] if c["a"] == "step1" and c["b"] == "baseline")
+    assert c["delta"] == pytest.approx(-0.05) and c["verdict"] == "better"
+    pend = next(c for c in data["comparisons"] if c["a"] == "step3" and c["b"] == "step2")
+    assert pend["verdict"] == "pending" and pend["delta"] is None
+    assert [r["status"] for r in data["rules"]] == ["quiet", "pending", "pending", "quiet"]
+    assert data["used_attempts"]["step1"] == [[1, 3], [2, 4]]
+
+
+def test_markdown_has_every_section_and_links_plots(build, spec000, tmp_path) -> None:
+    rep = analyze(build(spec000(), dict(GOOD, step1=[3.68, 3.70])))
+    md = to_markdown(rep, plots=[tmp_path / "plots" / "curves.png"], relative_to=tmp_path)
+    for heading in ("## Steps", "## Deltas", "## Cumulative effect", "## Monotonicity",
+                    "## Expected ranges", "## Troubleshooting rules", "## Flags", "## Plots"):
+        assert heading in md
+    assert "| step1 vs baseline | parent | +0.0600 (+1.65%) |" in md
+    assert "| step1 | worse_than baseline | FIRED |" in md
+    assert "![curves](plots/curves.png)" in md
+
+
+def test_seed_band_interpolates_inside_each_seed_range() -> None:
+    x, mean, low, high = seed_band([[(0, 4.0), (10, 2.0)], [(0, 6.0), (5, 4.0)]])
+    assert x == [0.0, 5.0, 10.0]
+    assert mean == [5.0, 3.5, 2.0] and low == [4.0, 3.0, 2.0] and high == [6.0, 4.0, 2.0]
+
+
+def test_plots_are_written_as_png(build, spec000, tmp_path) -> None:
+    results = build(spec000(), GOOD)
+    rep = analyze(results)
+    paths = write_plots(rep, _series(results), tmp_path / "plots")
+    assert [p.name for p in paths] == ["curves.png", "deltas.png", "gates.png"]
+    for p in paths:
+        data = p.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+
+def test_no_series_writes_only_the_delta_plot(build, spec000, tmp_path) -> None:
+    rep = analyze(build(spec000(), GOOD))
+    assert [p.name for p in write_plots(rep, {}, tmp_path)] == ["deltas.png"]
