@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from models import layers
 from models.config import GPTConfig
+from models.mechanisms import mla, reciprocal_mlp
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Mechanism:
 MECHANISMS: dict[str, Mechanism] = {
     "causal": Mechanism("attn", layers.NoKnobs, layers.CausalSelfAttention, "GPT-2 causal self-attention (SDPA)"),
     "gelu": Mechanism("mlp", layers.NoKnobs, layers.MLP, "GPT-2 MLP: c_fc, GELU, c_proj"),
+    "mla": Mechanism("attn", mla.Knobs, mla.MLAAttention, "MLA latent attention + Gen-2 band RA, mechanism 1/3 inputs, RA-CT (§2-4)"),
+    "reciprocal_mlp": Mechanism("mlp", reciprocal_mlp.Knobs, reciprocal_mlp.ReciprocalMLP, "Gen-2 reciprocal MLP: mechanisms 1 gate, 2 cross, 3 recip (§4)"),
 }
 
 
