@@ -14,7 +14,9 @@ No torch import: the WorkerLoop reads these too.
 
 Metric names: "loss" (train loss per log interval), "lr", "tokens_per_s", "grad_norm",
 "train_loss"/"val_loss" (eval estimates), "spam/spikes", "spam/resets", "coupling_scale",
-"stats/<module>.<stat>/L<i>" (mechanism statistics), "grad/<module>.<scalar>/L<i>".
+"stats/<module>.<stat>/L<i>" (mechanism statistics), "grad/<module>.<scalar>/L<i>";
+added by the trainer: "val_ppl", "best_val_loss", "spam/clipped", "dt_ms", and the values a
+mechanism's post_train() returns (at the final iteration, also in result.json["post_train"]).
 
 Exit codes: 0 succeeded; 1 failed (result.json says why); 3 interrupted by SIGTERM/SIGINT
 after writing a checkpoint (the worker re-queues the same attempt).
@@ -50,6 +52,9 @@ RESULT_KEYS = (
     "best_val_iter", "final_train_loss", "iters", "tokens", "train_s", "wall_s", "compile_s",
     "final_lr", "effective_batch_tokens", "tokens_per_s", "peak_mem_mb", "params", "seed",
     "device", "torch_version", "config_hash", "resumed_from_iter", "spam", "precision",
+    # added by the trainer (additive): exception traceback, mechanisms' post_train values,
+    # the prepared dataset, process facts
+    "traceback", "post_train", "dataset", "pid", "host", "started_at", "finished_at",
 )
 
 

@@ -1,0 +1,212 @@
+"""`python -m workers.run_attempt CONFIG.json OUTDIR [--resume-from DIR]`: one attempt.
+
+Reads the resolved run config, prepares (or reuses) the data, builds the model, resumes
+from OUTDIR/checkpoint.pt when present (else from a previous attempt's checkpoint, which is
+copied, never modified), trains under the budget and writes the files of
+workers/train/artifacts.py. Exit 0 succeeded, 1 failed/diverged/oom (result.json says
+why, with the traceback of an exception), 3 interrupted by SIGTERM/SIGINT after a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from workers.train import artifacts
+
+EXIT_FOR_STATUS = {
+    artifacts.STATUS_SUCCEEDED: artifacts.EXIT_OK,
+    artifacts.STATUS_INTERRUPTED: artifacts.EXIT_INTERRUPTED,
+}
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the training loop polls it once per iteration."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signum
+        print(f"received signal {signum}: finishing the iteration, then checkpointing", flush=True)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the sorted, compact JSON of the resolved config (docs/architecture.md)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _attempt_label(outdir: Path) -> str:
+    info = artifacts.read_json(outdir / "attempt.json")
+    if isinstance(info, dict):
+        for key in ("attempt_id", "attempt_no", "attempt"):
+            if info.get(key) is not None:
+                return str(info[key])
+    return hashlib.sha256(str(outdir.resolve()).encode()).hexdigest()[:8]
+
+
+def _peak_mem_mb(cuda: bool) -> float:
+    if cuda:
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run(config_path: Path, outdir: Path, resume_from: Path | None = None) -> int:
+    """Run one attempt; always writes result.json; returns the exit code."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    stop = StopFlag()
+    signal.signal(signal.SIGTERM, stop.handle)
+    signal.signal(signal.SIGINT, stop.handle)
+    result: dict[str, Any] = {k: None for k in artifacts.RESULT_KEYS}
+    result.update(status=artifacts.STATUS_FAILED, pid=os.getpid(), host=platform.node(), started_at=_now())
+
+    def progress(p: dict[str, Any]) -> None:
+        artifacts.write_json_atomic(outdir / artifacts.PROGRESS, {**p, "pid": os.getpid(), "updated_at": _now()})
+
+    try:
+        _train_attempt(config_path, outdir, resume_from, stop, result, progress)
+    except Exception as e:  # noqa: BLE001 - recorded in result.json, never swallowed
+        message = str(e).strip()
+        result.update(
+            status=artifacts.STATUS_OOM if _is_oom(e) else artifacts.STATUS_FAILED,
+            error_type=type(e).__name__, error_message=message[:2000] or type(e).__name__,
+            traceback=traceback.format_exc(),
+        )
+        traceback.print_exc()
+    result["finished_at"] = _now()
+    artifacts.write_json_atomic(outdir / artifacts.RESULT, result)
+    code = EXIT_FOR_STATUS.get(result["status"], artifacts.EXIT_FAILED)
+    print(f"attempt {result['status']} (exit {code})", flush=True)
+    return code
+
+
+def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, stop: StopFlag,
+                   result: dict[str, Any], progress: Any) -> None:
+    # heavy imports here, after the signal handlers are in place
+    import numpy as np
+    import torch
+
+    from models.gpt2 import GPT
+    from workers.data.prepare import locate, prepare
+    from workers.train.budget import Clock
+    from workers.train.checkpoint import load_checkpoint
+    from workers.train.config import TrainConfig
+    from workers.train.data import Batches
+    from workers.train.device import setup_device
+    from workers.train.loop import train
+    from workers.train.optim import build_optimizer
+    from workers.train.sinks import JsonlSink, MetricsSink, TeeSink, WandbSink
+
+    raw = json.loads(config_path.read_text())
+    cfg = TrainConfig.from_dict(raw)
+    result.update(seed=cfg.seed, config_hash=config_hash(raw), torch_version=torch.__version__)
+
+    # -- data
+    progress({"phase": "preparing_data", "iter": 0, "tokens": 0, "train_s": 0.0})
+    d = cfg.data
+    info = locate(d.dataset, d.tokenizer, config=d.config, tokens=d.tokens) or \
+        prepare(d.dataset, d.tokenizer, config=d.config, tokens=d.tokens)
+    result["dataset"] = {"path": str(info.path), "dataset": info.dataset, "tokenizer": info.tokenizer,
+                         "train_tokens": info.train_tokens, "val_tokens": info.val_tokens}
+    gcfg = cfg.gpt_config()
+    if gcfg.vocab_size < info.vocab_size:
+        raise ValueError(f"model.vocab_size {gcfg.vocab_size} < tokenizer {info.tokenizer} vocabulary "
+                         f"{info.vocab_size}; drop model.vocab_size to use the tokenizer's")
+
+    # -- model, optimizer, batches, clock (seeded: same seed = same init and batches)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    dev = setup_device(cfg.train.device, cfg.train.dtype, cfg.train.compile)
+    result.update(device=dev.precision["device_name"] if dev.is_cuda else "cpu", precision=dev.precision)
+    model = GPT(gcfg).to(dev.device)
+    result["params"] = model.param_counts()
+    optimizer = build_optimizer(model, cfg, fused=dev.fused_adamw)
+    batches = Batches(info.path, gcfg.block_size, cfg.train.batch_size, cfg.seed, dev.device)
+    clock = Clock(sync=dev.sync)
+
+    # -- resume: this attempt's own checkpoint, else a copy of a previous attempt's
+    ckpt = outdir / artifacts.CHECKPOINT
+    if not ckpt.exists() and resume_from is not None:
+        src = resume_from / artifacts.CHECKPOINT if resume_from.is_dir() else resume_from
+        if not src.is_file():
+            raise FileNotFoundError(f"--resume-from {resume_from}: no checkpoint at {src}")
+        tmp = ckpt.with_name(f".{ckpt.name}.copy.{os.getpid()}")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, ckpt)
+    loop_state = None
+    if ckpt.exists():
+        loop_state = load_checkpoint(ckpt, model=model, optimizer=optimizer, batches=batches, clock=clock)
+        print(f"resumed from {ckpt} at iteration {loop_state['it']}", flush=True)
+
+    # -- sinks
+    sinks: list[MetricsSink] = [JsonlSink(outdir / artifacts.METRICS)]
+    if cfg.wandb.mode != "disabled":
+        sinks.append(WandbSink(
+            study=cfg.study, step=cfg.step, seed=cfg.seed, attempt=_attempt_label(outdir),
+            mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
+            directory=outdir, config=raw,
+            tags=[f"step:{cfg.step}", f"seed:{cfg.seed}", f"config:{result['config_hash'][:12]}",
+                  f"commit:{os.environ.get('RECIP_CODE_SHA', 'unknown')[:12]}"]))
+    sink = TeeSink(*sinks)
+
+    try:
+        out = train(cfg, model, optimizer, batches, clock, sink, device=dev, ckpt_path=ckpt,
+                    resume=loop_state, progress=progress, stop=stop,
+                    log=lambda line: print(line, flush=True))
+    finally:
+        sink.close()
+    status = {"succeeded": artifacts.STATUS_SUCCEEDED, "diverged": artifacts.STATUS_DIVERGED,
+              "interrupted": artifacts.STATUS_INTERRUPTED}[out.status]
+    result.update(
+        status=status, error_type="Diverged" if out.status == "diverged" else None,
+        error_message=out.error_message, final_val_loss=out.final_val_loss,
+        best_val_loss=out.best_val_loss, best_val_iter=out.best_val_iter,
+        final_train_loss=out.final_train_loss, iters=out.iters, tokens=out.tokens,
+        train_s=round(out.train_s, 3), wall_s=round(out.wall_s, 3), compile_s=round(out.compile_s, 3),
+        final_lr=out.final_lr, effective_batch_tokens=out.effective_batch_tokens,
+        tokens_per_s=round(out.tokens_per_s, 1), peak_mem_mb=round(_peak_mem_mb(dev.is_cuda), 1),
+        resumed_from_iter=out.resumed_from_iter, spam=out.spam, post_train=out.post_train,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m workers.run_attempt", description=__doc__.splitlines()[0])
+    p.add_argument("config", type=Path, help="the resolved run config (config.json)")
+    p.add_argument("outdir", type=Path, help="the attempt directory to write into")
+    p.add_argument("--resume-from", type=Path, default=None,
+                   help="a previous attempt's directory or checkpoint.pt to continue from (copied)")
+    args = p.parse_args(argv)
+    return run(args.config, args.outdir, args.resume_from)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Atomic checkpoints: model, optimizer (with SPAM state), RNG, data position, clock, loop.
+
+Written to a temp file in the same directory, fsynced, then os.replace'd, so a reader (or a
+SIGKILL) never sees half a checkpoint. Everything that is not a tensor is stored as plain
+ints/floats/strings/lists/dicts, so `torch.load(weights_only=True)` reads it back; a file
+that cannot be read raises CheckpointCorrupt naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = 1
+
+
+class CheckpointCorrupt(RuntimeError):
+    """A checkpoint file cannot be read or is not a recip checkpoint."""
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_state[0], "keys": [int(k) for k in np_state[1]], "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.array(n["keys"], dtype=np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, *, model, optimizer, batches, clock, loop: dict[str, Any],
+                    meta: dict[str, Any] | None = None) -> None:
+    path = Path(path)
+    ckpt = {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "data": batches.state_dict(),
+        "clock": clock.state_dict(),
+        "loop": loop,
+        "meta": meta or {},
+    }
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated zip, pickle error, wrong file: one message
+        raise CheckpointCorrupt(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "delete it to restart the attempt from scratch") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointCorrupt(f"{path} is not a recip checkpoint (format {FORMAT}); "
+                                "delete it to restart the attempt from scratch")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, *, model, optimizer, batches, clock,
+                    restore_rng: bool = True) -> dict[str, Any]:
+    """Restore everything into the given objects; returns the loop state."""
+    ckpt = read_checkpoint(path)
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        batches.load_state_dict(ckpt["data"])
+        clock.load_state_dict(ckpt["clock"])
+        if restore_rng:
+            set_rng_state(ckpt["rng"])
+    except (KeyError, RuntimeError, ValueError, AssertionError) as e:
+        raise CheckpointCorrupt(f"checkpoint {path} does not fit this run ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]}); delete it to restart from scratch") from e
+    return ckpt["loop"]

@@ -1,0 +1,172 @@
+"""AdamW and AdamWSPAM: one optimizer class, five switchable parts, one counter.
+
+mechanisms.md §14.1 and §19 decision 12. Per optimizer step, after backward:
+  1. element clip (spike_clip_theta): g := clamp(g, ±sqrt(theta * (v + 1e-12))), v the raw
+     exp_avg_sq; skipped for a parameter with no state yet (first step)
+  2. spike detection (spike_z): n = global grad norm after 1, before 3; if at least
+     `min_norms` finite previous norms are kept (last `norm_window`), z = (n - mean)/std
+     (population std); z > spike_z -> soft reset: exp_avg *= 0.5, exp_avg_sq *= 0.9
+  3. global grad-norm clip (grad_clip; 0 = off)
+  4. periodic reset (reset_interval): the ONE counter advances by 1 per step (by 2 with
+     `legacy_double_count`, upstream's bug: resets every interval/2 steps); when it hits a
+     multiple of reset_interval, exp_avg := 0 and exp_avg_sq := 0 (max_exp_avg_sq and step
+     kept) and a re-warm window of rewarm_steps opens
+  5. LR re-warm (rewarm_steps): inside the window the scheduled LR is multiplied by
+     max(1e-3, 0.5 * (1 - cos(pi * t))), t the fraction of the window elapsed
+then torch AdamW's step. The scheduled LR in param_groups is restored after the step.
+`name: adamw` is this class with parts 1, 2, 4, 5 off (plain AdamW + global clip).
+A non-finite grad norm skips the update (the trainer then stops the run as diverged).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+class AdamWSPAM(torch.optim.AdamW):
+
+    def __init__(self, params: Iterable[Any], lr: float = 6e-4, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = True, fused: bool | None = None, *,
+                 grad_clip: float = 1.0, spike_clip_theta: float | None = None,
+                 spike_z: float | None = None, reset_interval: int | None = None,
+                 rewarm_steps: int | None = None, legacy_double_count: bool = False,
+                 norm_window: int = 100, min_norms: int = 10):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         amsgrad=amsgrad, fused=fused)
+        self.grad_clip = grad_clip
+        self.spike_clip_theta = spike_clip_theta or None
+        self.spike_z = spike_z or None
+        self.reset_interval = reset_interval or None
+        self.rewarm_steps = rewarm_steps or None
+        self.legacy_double_count = legacy_double_count
+        self.norm_window = norm_window
+        self.min_norms = min_norms
+        # everything below goes into state_dict()["spam"]
+        self.counter = 0            # the one step counter (x2 per step under legacy_double_count)
+        self.warmup_until = 0       # counter value where the re-warm window ends
+        self.norms: list[float] = []
+        self.spikes = 0             # soft resets triggered by a grad-norm spike
+        self.resets = 0             # periodic resets
+        self.clipped = 0            # gradient entries clipped by part 1
+        self.skipped = 0            # updates skipped for a non-finite grad norm
+        self.last_grad_norm = float("nan")
+        self.last_lr_factor = 1.0
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        assert closure is None, "AdamWSPAM does not take a closure"
+        params = self._params()
+
+        # 1. spike-aware element clip, bounded by the raw second moment
+        if self.spike_clip_theta is not None:
+            n_clipped = torch.zeros((), dtype=torch.long, device=params[0].device) if params else None
+            for p in params:
+                st = self.state.get(p)
+                if not st or "exp_avg_sq" not in st:
+                    continue
+                thr = (self.spike_clip_theta * (st["exp_avg_sq"] + 1e-12)).sqrt()
+                n_clipped += (p.grad.abs() > thr).sum()
+                torch.clamp_(p.grad, min=-thr, max=thr)
+            if n_clipped is not None:
+                self.clipped += int(n_clipped)
+
+        # 2. + 3. global norm (after 1), spike test against the previous norms, global clip
+        max_norm = self.grad_clip if self.grad_clip and self.grad_clip > 0 else float("inf")
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        self.last_grad_norm = norm
+        finite = math.isfinite(norm)
+        if self.spike_z is not None and finite:
+            prev = self.norms
+            if len(prev) >= self.min_norms:
+                mean = sum(prev) / len(prev)
+                std = math.sqrt(sum((x - mean) ** 2 for x in prev) / len(prev))
+                if std > 0 and (norm - mean) / std > self.spike_z:
+                    self._soft_reset()
+        if finite:
+            self.norms = (self.norms + [norm])[-self.norm_window:]
+
+        # 4. one counter; periodic reset every reset_interval optimizer steps
+        self.counter += 2 if self.legacy_double_count else 1
+        if self.reset_interval is not None and self.counter % self.reset_interval == 0:
+            self._hard_reset()
+
+        # 5. post-reset LR re-warm, on top of the scheduled LR
+        factor = 1.0
+        if self.rewarm_steps is not None and self.counter < self.warmup_until:
+            t = (self.rewarm_steps - (self.warmup_until - self.counter)) / self.rewarm_steps
+            factor = max(1e-3, 0.5 * (1.0 - math.cos(math.pi * t)))
+        self.last_lr_factor = factor
+
+        if not finite:
+            self.skipped += 1
+            return None
+        scheduled = [g["lr"] for g in self.param_groups]
+        for g in self.param_groups:
+            g["lr"] = g["lr"] * factor
+        try:
+            super().step()
+        finally:
+            for g, lr in zip(self.param_groups, scheduled):
+                g["lr"] = lr
+        return None
+
+    def _soft_reset(self):
+        for st in self.state.values():
+            if "exp_avg" in st:
+                st["exp_avg"].mul_(0.5)
+                st["exp_avg_sq"].mul_(0.9)
+        self.spikes += 1
+
+    def _hard_reset(self):
+        for st in self.state.values():
+            if "exp_avg" in st:
+                st["exp_avg"].zero_()
+                st["exp_avg_sq"].zero_()
+        self.resets += 1
+        if self.rewarm_steps is not None:
+            self.warmup_until = self.counter + self.rewarm_steps
+
+    def spam_stats(self) -> dict[str, float]:
+        return {"spikes": self.spikes, "resets": self.resets, "clipped": self.clipped,
+                "skipped": self.skipped, "counter": self.counter, "lr_factor": self.last_lr_factor}
+
+    # plain JSON-able values next to torch's state, so torch.load(weights_only=True) works
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["spam"] = {"counter": self.counter, "warmup_until": self.warmup_until,
+                      "norms": list(self.norms), "spikes": self.spikes, "resets": self.resets,
+                      "clipped": self.clipped, "skipped": self.skipped}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        spam = state_dict.pop("spam", None)
+        super().load_state_dict(state_dict)
+        if spam is not None:
+            self.counter = int(spam["counter"])
+            self.warmup_until = int(spam["warmup_until"])
+            self.norms = [float(x) for x in spam["norms"]]
+            self.spikes, self.resets = int(spam["spikes"]), int(spam["resets"])
+            self.clipped, self.skipped = int(spam["clipped"]), int(spam["skipped"])
+
+
+def build_optimizer(model, cfg, fused: bool = False) -> AdamWSPAM:
+    """The optimizer of a TrainConfig: groups from model.optim_groups (every parameter)."""
+    o, t = cfg.optimizer, cfg.train
+    spam = o.name == "adamwspam"
+    return AdamWSPAM(
+        model.optim_groups(t.weight_decay), lr=t.lr, betas=tuple(o.betas), eps=o.eps,
+        amsgrad=o.amsgrad, fused=True if fused else None, grad_clip=t.grad_clip,
+        spike_clip_theta=o.spam.spike_clip_theta if spam else None,
+        spike_z=o.spam.spike_z if spam else None,
+        reset_interval=o.spam.reset_interval if spam else None,
+        rewarm_steps=o.spam.rewarm_steps if spam else None,
+        legacy_double_count=o.spam.legacy_double_count if spam else False,
+    )

@@ -1,0 +1,92 @@
+"""Metric sinks: JSONL (always), W&B (optional, the only wandb import), null, fan-out.
+
+One record = (iter, tokens, train_s, {name: value}); metrics.jsonl lines follow
+workers/train/artifacts.py. W&B runs offline by default (no login), with a deterministic
+run id per attempt, so a resumed attempt appends to its own run and a retry gets a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class MetricsSink(Protocol):
+    def log(self, it: int, tokens: int, train_s: float, values: dict[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullSink:
+    def log(self, it: int, tokens: int, train_s: float, values: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _clean(v: float) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None   # JSON has no NaN; None marks a non-finite value
+
+
+class JsonlSink:
+    """Append-only metrics.jsonl, flushed per record (the worker tails it)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.f = open(self.path, "a", buffering=1)
+
+    def log(self, it: int, tokens: int, train_s: float, values: dict[str, float]) -> None:
+        rec = {"iter": int(it), "tokens": int(tokens), "train_s": round(float(train_s), 4),
+               "values": {k: _clean(v) for k, v in values.items()}}
+        self.f.write(json.dumps(rec, sort_keys=True) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        if not self.f.closed:
+            self.f.close()
+
+
+class TeeSink:
+    def __init__(self, *sinks: MetricsSink):
+        self.sinks = sinks
+
+    def log(self, it: int, tokens: int, train_s: float, values: dict[str, float]) -> None:
+        for s in self.sinks:
+            s.log(it, tokens, train_s, values)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
+
+
+def wandb_run_id(study: str, step: str, seed: int, attempt: str | int) -> str:
+    """Deterministic W&B run id of one attempt."""
+    return hashlib.sha256(f"{study}/{step}/{seed}/{attempt}".encode()).hexdigest()[:16]
+
+
+class WandbSink:
+    """W&B run for one attempt; mode offline (default) or online; never prompts to log in."""
+
+    def __init__(self, *, study: str, step: str, seed: int, attempt: str | int, mode: str = "offline",
+                 project: str | None = None, entity: str | None = None, directory: str | Path = ".",
+                 config: dict[str, Any] | None = None, tags: list[str] | None = None):
+        assert mode in ("offline", "online"), f"WandbSink mode {mode!r}; disabled = do not create one"
+        import wandb
+
+        self.run_id = wandb_run_id(study, step, seed, attempt)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            id=self.run_id, project=project or study, entity=entity, name=f"{study}/{step}/s{seed}/a{attempt}",
+            group=step, tags=tags or [], config=config or {}, dir=str(directory), mode=mode,
+            resume="allow", reinit="create_new", settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def log(self, it: int, tokens: int, train_s: float, values: dict[str, float]) -> None:
+        self.run.log({**values, "tokens": tokens, "train_s": train_s}, step=int(it))
+
+    def close(self) -> None:
+        self.run.finish()
