@@ -651,17 +651,22 @@ class _Context:
 
     def rule(self, raw: Mapping[str, Any], expectations: Sequence[ExpectCheck],
              flags: Sequence[Flag], series: MetricSeries | None) -> RuleOutcome:
-        step = str(raw.get("step"))
+        """Evaluate one spec rule; a rule without `step` covers every step."""
+        step = str(raw["step"]) if raw.get("step") else None
         say = str(raw.get("say") or "")
+        metric = str(raw["metric"]) if raw.get("metric") else None
         conds = [(k, v) for k, v in raw.items()
-                 if k not in ("step", "say") and v is not None and v is not False]
+                 if k not in ("step", "say", "metric") and v is not None and v is not False]
+        label = step or "*"
         if len(conds) != 1 or conds[0][0] not in CONDITIONS:
             got = ", ".join(k for k, _ in conds) or "none"
-            return RuleOutcome(step, got, say, "invalid",
+            return RuleOutcome(label, got, say, "invalid",
                                f"a rule needs exactly one of {', '.join(CONDITIONS)}")
         cond, target = conds[0]
         if cond in COMPARE_CONDITIONS:
-            c = self.compare(step, str(target), "", "rule")
+            if step is None:
+                return RuleOutcome(label, cond, say, "invalid", f"{cond} needs `step:`")
+            c = self.compare(step, str(target), "", "rule", metric)
             fired = {"worse_than": c.verdict == "worse",
                      "not_better_than": c.verdict in ("worse", "noise"),
                      "better_than": c.verdict == "better"}[cond]
@@ -669,23 +674,25 @@ class _Context:
                         f"{step} - {target} = {_signed(c.delta)} "
                         f"(±{_num(c.spread)}, noise < {_num(c.threshold)}): {c.verdict}")
             status = "pending" if c.verdict == "pending" else ("fired" if fired else "quiet")
-            return RuleOutcome(step, f"{cond} {target}", say, status, evidence)
+            return RuleOutcome(label, f"{cond} {target}", say, status, evidence)
+        steps = [step] if step is not None else list(self.order)
         if cond == "outside_expected":
-            checks = [e for e in expectations if e.step == step]
+            checks = [e for e in expectations if e.step in steps
+                      and (metric is None or e.metric == metric)]
             bad = [e for e in checks if e.verdict in ("below", "above")]
             done = [e for e in checks if e.verdict in ("inside", "below", "above")]
             status = "fired" if bad else ("quiet" if checks and len(done) == len(checks)
                                          else "pending")
-            evidence = "; ".join(f"{e.metric} {_num(e.mean)} vs [{e.lo:g}, {e.hi:g}]"
+            evidence = "; ".join(f"{e.step} {e.metric} {_num(e.mean)} vs [{e.lo:g}, {e.hi:g}]"
                                  + (f" ({e.note})" if e.note else "")
-                                 for e in checks) or "no expected range declared"
-            return RuleOutcome(step, cond, say, status, evidence)
+                                 for e in (bad or checks)) or "no expected range declared"
+            return RuleOutcome(label, cond, say, status, evidence)
         kinds = {"diverged": ("diverged",), "failed": ("failed", "diverged"),
                  "gate_collapsed": ("gate_collapsed",), "no_gradient": ("no_gradient",),
                  "slower": ("throughput",)}[cond]
-        hits = [f for f in flags if f.step == step and f.kind in kinds]
-        runs = self.runs.get(step, ())
-        finished = runs and all(r.state in TERMINAL for r in runs)
+        hits = [f for f in flags if f.step in steps and f.kind in kinds]
+        runs = [r for s in steps for r in self.runs.get(s, ())]
+        finished = bool(runs) and all(r.state in TERMINAL for r in runs)
         needs_series = cond in ("gate_collapsed", "no_gradient")
         if hits:
             status = "fired"
@@ -693,9 +700,10 @@ class _Context:
             status = "pending"
         else:
             status = "quiet"
-        evidence = "; ".join(f.message for f in hits) or (
+        evidence = "; ".join(f"{f.step} {f.message}" if step is None else f.message
+                             for f in hits) or (
             "metric series not loaded" if needs_series and series is None else "")
-        return RuleOutcome(step, cond, say, status, evidence)
+        return RuleOutcome(label, cond, say, status, evidence)
 
 
 def _lookup(d: Mapping[str, Any], dotted: str) -> Any:

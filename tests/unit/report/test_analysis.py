@@ -270,3 +270,19 @@ def test_expectations_do_not_apply_to_a_smoke_run_at_another_scale(build, spec00
     assert not [f for f in rep.flags if f.kind == "outside_expected"]
     spec["analysis"]["rules"] = [{"step": "step3", "outside_expected": True, "say": "x"}]
     assert analyze(build(spec, data)).rules[0].status == "pending"
+
+
+def test_study_wide_rule_and_rule_metric(build, spec000) -> None:
+    spec = spec000()
+    spec["analysis"]["rules"] = [
+        {"step": None, "diverged": True, "say": "lower lr", "metric": None},
+        {"step": "step1", "worse_than": "baseline", "metric": "tokens_per_s", "say": "slow"},
+    ]
+    data = dict(GOOD, step3=[(None, {"status": "diverged"},
+                              {"state": "failed", "failure_kind": "diverged"}), 3.49],
+                step1=[(3.57, {"tokens_per_s": 8000.0}), (3.59, {"tokens_per_s": 8000.0})])
+    rep = analyze(build(spec, data))
+    wide, slow = rep.rules
+    assert (wide.step, wide.status) == ("*", "fired") and wide.evidence.startswith("step3 seed 1")
+    assert (slow.status, slow.condition) == ("fired", "worse_than baseline")
+    assert "-2000.0000" in slow.evidence
