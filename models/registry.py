@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from models import layers
 from models.config import GPTConfig
-from models.mechanisms import mla, reciprocal_mlp
+from models.mechanisms import kv_prune, mla, reciprocal_mlp, rmlp, unified_ra
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ MECHANISMS: dict[str, Mechanism] = {
     "gelu": Mechanism("mlp", layers.NoKnobs, layers.MLP, "GPT-2 MLP: c_fc, GELU, c_proj"),
     "mla": Mechanism("attn", mla.Knobs, mla.MLAAttention, "MLA latent attention + Gen-2 band RA, mechanism 1/3 inputs, RA-CT (§2-4)"),
     "reciprocal_mlp": Mechanism("mlp", reciprocal_mlp.Knobs, reciprocal_mlp.ReciprocalMLP, "Gen-2 reciprocal MLP: mechanisms 1 gate, 2 cross, 3 recip (§4)"),
+    "unified_ra": Mechanism("attn", unified_ra.Knobs, unified_ra.UnifiedReciprocalAttention, "Gen-3 Unified RA: fold shared|free, gates, self-restart (§6, §7)"),
+    "kv_prune": Mechanism("attn", kv_prune.Knobs, kv_prune.KVPrunedAttention, "causal heavy-hitter KV pruning, learned ratio, KVSplice (§10, §11)"),
+    "rmlp": Mechanism("mlp", rmlp.Knobs, rmlp.ReciprocalMLP, "Gen-3 R-MLP: folded, attention-injected, seed-003 prev-attn (§8)"),
 }
 
 
