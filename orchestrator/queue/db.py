@@ -1,0 +1,192 @@
+"""Engines for the queue: a SQLite file or PostgreSQL, with the schema check.
+
+SQLite: WAL, foreign keys on, a 30 s busy timeout, `BEGIN IMMEDIATE` on every write
+transaction (the recipe of SQLAlchemy's SQLite dialect docs), so read-then-write transactions
+never fail with SQLITE_BUSY; read-only connections (`read_only()`) begin DEFERRED.
+PostgreSQL: psycopg 3, pre-ping. Driver errors become `DatabaseUnavailable` /
+`SchemaOutOfDate` with one line that never contains a password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import URL, Connection, Engine
+
+from orchestrator.core.errors import DatabaseUnavailable, SchemaOutOfDate
+from orchestrator.queue.types import finite_json
+
+VERSION_TABLE = "recip_alembic_version"
+READ_ONLY = "recip_read_only"
+_URL_HELP = "expected sqlite:///PATH.db or postgresql+psycopg://USER@HOST:PORT/DB"
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password, if any, replaced by `***`."""
+    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", url)
+
+
+def parse_url(url: str) -> URL:
+    """The SQLAlchemy URL for `url`; bare `postgresql://` means psycopg 3."""
+    try:
+        parsed = sa.make_url(url)
+    except (exc.ArgumentError, ValueError) as e:
+        raise DatabaseUnavailable(f"invalid database URL {redact_url(url)!r}: {_URL_HELP}") from e
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseUnavailable(
+            f"unsupported database {parsed.get_backend_name()!r} in {redact_url(url)!r}: {_URL_HELP}"
+        )
+    return parsed
+
+
+def sqlite_path(parsed: URL) -> Path:
+    """The file of a SQLite URL; in-memory databases are refused."""
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file::memory:"):
+        raise DatabaseUnavailable(
+            "an in-memory SQLite database cannot be shared by workers: "
+            "use a file, e.g. sqlite:///recip.db"
+        )
+    return Path(database)
+
+
+def _json_serializer(value: Any) -> str:
+    return json.dumps(finite_json(value), allow_nan=False, default=str)
+
+
+def make_engine(url: str, *, check_schema: bool = True) -> Engine:
+    """An engine for `url`; with `check_schema`, raise SchemaOutOfDate unless the DB is at head.
+
+    Raises DatabaseUnavailable for a bad URL, a missing directory, a read-only file or an
+    unreachable server."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = sqlite_path(parsed)
+        _check_sqlite_file(path, url, must_exist=check_schema)
+        engine = sa.create_engine(
+            parsed,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            json_serializer=_json_serializer,
+            pool_size=8,
+            max_overflow=32,
+        )
+        _install_sqlite_hooks(engine)
+    else:
+        engine = sa.create_engine(
+            parsed,
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 10},
+            json_serializer=_json_serializer,
+            pool_size=8,
+            max_overflow=32,
+        )
+    if check_schema:
+        try:
+            check_revision(engine, url)
+        except BaseException:
+            engine.dispose()
+            raise
+    return engine
+
+
+def _check_sqlite_file(path: Path, url: str, *, must_exist: bool) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise DatabaseUnavailable(
+            f"cannot open SQLite database {path}: directory {parent} does not exist; "
+            "create it or pass another --db"
+        )
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise DatabaseUnavailable(
+                f"cannot write SQLite database {path}: the file is read-only; "
+                "fix its permissions or pass another --db"
+            )
+        if not os.access(parent, os.W_OK):
+            raise DatabaseUnavailable(
+                f"cannot write SQLite database {path}: directory {parent} is read-only "
+                "(SQLite needs it for its WAL file); fix its permissions or pass another --db"
+            )
+    elif must_exist:
+        raise SchemaOutOfDate(
+            f"no database at {path}: run `recip db upgrade --db {redact_url(url)}` to create it"
+        )
+    elif not os.access(parent, os.W_OK):
+        raise DatabaseUnavailable(
+            f"cannot create SQLite database {path}: directory {parent} is read-only; "
+            "pass another --db"
+        )
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def describe_error(e: BaseException) -> str:
+    """The first line of a driver error, without SQL or parameters."""
+    orig = getattr(e, "orig", None) or e
+    text = str(orig).strip().splitlines()
+    return redact_url(text[0] if text else type(orig).__name__)
+
+
+def database_revision(conn: Connection) -> str | None:
+    """The Alembic revision stored in the database, or None when it has none."""
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(rows) > 1:
+        raise SchemaOutOfDate(f"the database has several schema heads {sorted(rows)}")
+    return rows[0] if rows else None
+
+
+def check_revision(engine: Engine, url: str) -> None:
+    """Raise SchemaOutOfDate unless the database is at the code's head revision."""
+    from orchestrator.queue import migrate
+
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                current = database_revision(conn)
+    except exc.DBAPIError as e:
+        raise DatabaseUnavailable(
+            f"cannot connect to {redact_url(url)}: {describe_error(e)}"
+        ) from e
+    head = migrate.head()
+    if current == head:
+        return
+    fix = f"run `recip db upgrade --db {redact_url(url)}`"
+    if current is None:
+        raise SchemaOutOfDate(f"database {redact_url(url)} has no recip schema: {fix}")
+    if current in migrate.known_revisions():
+        raise SchemaOutOfDate(
+            f"database {redact_url(url)} is at schema {current}, this recip expects {head}: {fix}"
+        )
+    raise SchemaOutOfDate(
+        f"database {redact_url(url)} is at schema {current}, newer than this recip knows "
+        f"(head {head}): upgrade recip (`git pull` and reinstall) on this machine"
+    )

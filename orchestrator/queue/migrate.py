@@ -1,0 +1,107 @@
+"""Schema migrations: `recip db upgrade` is the only migrator.
+
+The Alembic config is built here (script_location = the `migrations` package, version table
+`recip_alembic_version`); no alembic.ini. Upgrades and downgrades hold a lock so that two
+processes racing to migrate run the revisions once: `pg_advisory_xact_lock` on PostgreSQL,
+`BEGIN IMMEDIATE` (the engine's write transaction) on SQLite, and on both the revisions run
+inside that one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import exc
+from sqlalchemy.engine import Connection
+
+from orchestrator.core.errors import DatabaseUnavailable, QueueError
+from orchestrator.queue.db import (
+    READ_ONLY,
+    database_revision,
+    describe_error,
+    make_engine,
+    redact_url,
+)
+
+_LOCK_KEY = 0x7265636970  # "recip"
+
+
+def _script_location() -> str:
+    import migrations
+
+    return str(Path(next(iter(migrations.__path__))).resolve())
+
+
+def alembic_config(url: str, connection: Connection | None = None) -> Config:
+    """An Alembic Config for `url`; with `connection`, revisions run on it."""
+    cfg = Config()
+    cfg.set_main_option("script_location", _script_location())
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+@cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("sqlite:///unused.db"))
+
+
+def head() -> str:
+    """The newest revision this code knows."""
+    heads = _script().get_heads()
+    if len(heads) != 1:
+        raise QueueError(f"the migrations tree has {len(heads)} heads {heads}; merge them")
+    return heads[0]
+
+
+def known_revisions() -> frozenset[str]:
+    """Every revision id in the migrations tree."""
+    return frozenset(r.revision for r in _script().walk_revisions())
+
+
+def current(url: str) -> str | None:
+    """The revision the database at `url` is at; None for an empty database."""
+    engine = make_engine(url, check_schema=False)
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                return database_revision(conn)
+    except exc.DBAPIError as e:
+        raise DatabaseUnavailable(f"cannot read {redact_url(url)}: {describe_error(e)}") from e
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at `url` up to `revision`, under the migration lock."""
+    _run(url, lambda cfg: command.upgrade(cfg, revision))
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Migrate the database at `url` down to `revision` (`base` drops every table)."""
+    _run(url, lambda cfg: command.downgrade(cfg, revision))
+
+
+def _run(url: str, action: Callable[[Config], None]) -> None:
+    from alembic.util import CommandError
+
+    engine = make_engine(url, check_schema=False)
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            action(alembic_config(url, conn))
+    except CommandError as e:
+        raise QueueError(f"cannot migrate {redact_url(url)}: {e}") from e
+    except exc.DBAPIError as e:
+        raise DatabaseUnavailable(f"cannot migrate {redact_url(url)}: {describe_error(e)}") from e
+    finally:
+        engine.dispose()

@@ -1,0 +1,659 @@
+"""QueueRepo: the durable queue over one engine, the same on SQLite and PostgreSQL.
+
+Every state change is a guarded `UPDATE ... WHERE id = :id AND state IN (:expected)`; the
+writes a worker makes for its attempt (start, heartbeat, metrics, finish, requeue) are also
+fenced on `worker_id = :me`, so once an attempt is reaped, cancelled or re-queued its old
+worker changes nothing and gets `LeaseLost`. Each change writes its event in the same
+transaction. Methods take `now` (aware UTC) so tests drive time with a fake clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, NoReturn
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from orchestrator.core.errors import (
+    DatabaseUnavailable,
+    LeaseLost,
+    QueueError,
+    SchemaOutOfDate,
+    StaleTransition,
+    UnknownStep,
+    UnknownStudy,
+)
+from orchestrator.core.plan import StudyPlan
+from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
+from orchestrator.core.states import TERMINAL, AttemptState, FailureKind, can_transition
+from orchestrator.core.views import Snapshot
+from orchestrator.queue import reads
+from orchestrator.queue.db import READ_ONLY, describe_error, make_engine, redact_url
+from orchestrator.queue.schema import (
+    AttemptRow,
+    EventRow,
+    MetricRow,
+    RunRow,
+    StudyRow,
+    WorkerRow,
+)
+from orchestrator.queue.types import ClaimedAttempt, SubmitResult, finite_json
+
+__all__ = ["ClaimedAttempt", "QueueRepo", "SubmitResult"]
+
+logger = logging.getLogger(__name__)
+
+QUEUED = AttemptState.QUEUED.value
+CLAIMED = AttemptState.CLAIMED.value
+RUNNING = AttemptState.RUNNING.value
+LEASED = (CLAIMED, RUNNING)
+LIVE = (QUEUED, CLAIMED, RUNNING)
+PROGRESS_KEYS: dict[str, type] = {
+    "iter": int, "tokens": int, "train_s": float, "fraction": float,
+    "loss": float, "val_loss": float, "best_val_loss": float, "lr": float,
+}
+RESULT_TO_COLUMN = {
+    "iters": "iter", "tokens": "tokens", "train_s": "train_s",
+    "final_val_loss": "val_loss", "best_val_loss": "best_val_loss",
+    "final_train_loss": "loss", "final_lr": "lr",
+}
+_MESSAGE_MAX = 8000
+
+
+def _lit(*states: str) -> sa.ColumnElement[bool]:
+    """`attempts.state` tested against literals, so partial indexes stay usable."""
+    if len(states) == 1:
+        return AttemptRow.state == sa.literal_column(repr(states[0]))
+    return AttemptRow.state.in_([sa.literal_column(repr(s)) for s in states])
+
+
+def _aware(now: datetime) -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"naive datetime {now!r}: pass an aware UTC datetime")
+    return now
+
+
+def _number(kind: type, value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        out = kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return None if out != out else out  # NaN -> None: the same on both backends
+
+
+class QueueRepo:
+    """The queue's repository over `engine` (see the module docstring for the guarantees)."""
+
+    def __init__(self, engine: Engine, *, label: str = "") -> None:
+        self.engine = engine
+        self.label = label or redact_url(engine.url.render_as_string(hide_password=True))
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str, *, check_schema: bool = True) -> QueueRepo:
+        """A repo on a new engine for `url` (SchemaOutOfDate unless at head, when checked)."""
+        return cls(make_engine(url, check_schema=check_schema), label=redact_url(url))
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> QueueRepo:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- transactions ---------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, *, read_only: bool = False) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                if read_only:
+                    conn.execution_options(**{READ_ONLY: True})
+                with conn.begin():
+                    yield conn
+        except exc.DBAPIError as e:
+            raise self._map_error(e) from e
+
+    def _map_error(self, e: exc.DBAPIError) -> QueueError:
+        text = describe_error(e)
+        low = text.lower()
+        if "no such table" in low or "undefinedtable" in type(e.orig).__name__.lower() or (
+            "relation" in low and "does not exist" in low
+        ):
+            return SchemaOutOfDate(
+                f"database {self.label} lacks the recip schema ({text}): run `recip db upgrade`"
+            )
+        if isinstance(e, exc.IntegrityError):
+            return QueueError(f"database {self.label} refused the change: {text}")
+        if isinstance(e, exc.OperationalError | exc.InterfaceError) or e.connection_invalidated:
+            return DatabaseUnavailable(f"database {self.label} unavailable: {text}")
+        return QueueError(f"database {self.label}: {text}")
+
+    def _insert(self, row: type[Any]) -> Any:
+        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(row)
+
+    @staticmethod
+    def _event(conn: Connection, attempt_ids: Sequence[int], now: datetime, kind: str,
+               payload: dict[str, Any] | None = None) -> None:
+        if attempt_ids:
+            conn.execute(sa.insert(EventRow), [
+                {"attempt_id": a, "at": now, "kind": kind, "payload_json": finite_json(payload)}
+                for a in attempt_ids
+            ])
+
+    # -- submit -------------------------------------------------------------------------
+
+    def submit(self, plan: StudyPlan, now: datetime) -> SubmitResult:
+        """Add the plan's study and runs; idempotent (same plan twice = no new rows).
+
+        A (step, seed) whose config hash changed gets a new current run with attempt 1
+        queued; the run it supersedes keeps its history, and its queued attempt is
+        cancelled."""
+        now = _aware(now)
+        seen: set[tuple[str, int]] = set()
+        for r in plan.runs:
+            if (r.step, r.seed) in seen:
+                raise QueueError(f"plan {plan.name!r} has step {r.step!r} seed {r.seed} twice")
+            seen.add((r.step, r.seed))
+        with self._tx() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:n))"),
+                             {"n": f"recip-study:{plan.name}"})
+            values = {
+                "description": plan.description, "spec_hash": plan.spec_hash,
+                "spec_json": plan.spec, "source": plan.source, "code_policy": plan.code_policy,
+                "pinned_sha": plan.pinned_sha, "updated_at": now,
+            }
+            study_id = conn.execute(
+                sa.select(StudyRow.id).where(StudyRow.name == plan.name)
+            ).scalar_one_or_none()
+            created = study_id is None
+            if study_id is None:
+                study_id = conn.execute(
+                    sa.insert(StudyRow).values(name=plan.name, created_at=now, **values)
+                    .returning(StudyRow.id)
+                ).scalar_one()
+            else:
+                conn.execute(sa.update(StudyRow).where(StudyRow.id == study_id).values(**values))
+
+            known: dict[tuple[str, int, str], int] = {}
+            current: dict[tuple[str, int], tuple[int, str]] = {}
+            for rid, step, seed, chash, superseded in conn.execute(
+                sa.select(RunRow.id, RunRow.step_key, RunRow.seed, RunRow.config_hash,
+                          RunRow.superseded_at).where(RunRow.study_id == study_id)
+            ):
+                known[(step, seed, chash)] = rid
+                if superseded is None:
+                    current[(step, seed)] = (rid, chash)
+
+            new, reactivate, supersede = [], [], []
+            changed: dict[str, None] = {}
+            unchanged = 0
+            for r in plan.runs:
+                cur = current.get((r.step, r.seed))
+                if cur is not None and cur[1] == r.config_hash:
+                    unchanged += 1
+                    continue
+                if cur is not None:
+                    supersede.append(cur[0])
+                    changed.setdefault(r.step, None)
+                old = known.get((r.step, r.seed, r.config_hash))
+                if old is not None:
+                    reactivate.append(old)
+                else:
+                    new.append(r)
+
+            cancelled: list[int] = []
+            if supersede:
+                conn.execute(sa.update(RunRow).where(RunRow.id.in_(supersede))
+                             .values(superseded_at=now))
+                cancelled = list(conn.execute(
+                    sa.update(AttemptRow)
+                    .where(AttemptRow.run_id.in_(supersede), _lit(QUEUED))
+                    .values(state=AttemptState.CANCELLED.value, finished_at=now,
+                            error_message="superseded by a changed config")
+                    .returning(AttemptRow.id)
+                ).scalars())
+                self._event(conn, cancelled, now, "cancelled", {"reason": "superseded"})
+            if reactivate:
+                conn.execute(sa.update(RunRow).where(RunRow.id.in_(reactivate))
+                             .values(superseded_at=None))
+
+            queued = 0
+            if new:
+                run_ids = list(conn.execute(
+                    sa.insert(RunRow).returning(RunRow.id, sort_by_parameter_order=True),
+                    [{
+                        "study_id": study_id, "step_key": r.step, "seed": r.seed,
+                        "config_hash": r.config_hash, "config_json": r.config,
+                        "parent_step": r.parent, "description": r.description,
+                        "priority": r.priority, "max_attempts": r.max_attempts,
+                        "budget_seconds": r.budget_seconds, "created_at": now,
+                    } for r in new],
+                ).scalars())
+                attempt_ids = list(conn.execute(
+                    sa.insert(AttemptRow).returning(AttemptRow.id, sort_by_parameter_order=True),
+                    [{"run_id": rid, "attempt_no": 1, "state": QUEUED, "priority": r.priority,
+                      "created_at": now} for rid, r in zip(run_ids, new, strict=True)],
+                ).scalars())
+                self._event(conn, attempt_ids, now, "queued", {"reason": "submit"})
+                queued = len(attempt_ids)
+        result = SubmitResult(
+            study=plan.name, study_created=created,
+            new_runs=tuple((r.step, r.seed, r.config_hash) for r in new),
+            unchanged_runs=unchanged, changed_steps=tuple(changed), queued_attempts=queued,
+            superseded_runs=len(supersede), cancelled_attempts=len(cancelled),
+        )
+        logger.info("study submitted", extra={"action": "study_submitted", "study": plan.name,
+                                              "new_runs": len(new), "changed": list(changed)})
+        return result
+
+    # -- claim and leases ---------------------------------------------------------------
+
+    def claim(self, worker_id: str, now: datetime, lease: timedelta, *,
+              code_sha: str | None = None) -> ClaimedAttempt | None:
+        """Lease the next queued attempt (priority desc, id) to `worker_id`, or None.
+
+        Reaps expired leases first. The claim is one atomic UPDATE over a `FOR UPDATE SKIP
+        LOCKED` subquery on PostgreSQL, under `BEGIN IMMEDIATE` on SQLite. Studies pinned to
+        a commit are only claimed by a worker whose `code_sha` matches."""
+        now = _aware(now)
+        eligible = StudyRow.code_policy != "pinned"
+        if code_sha is not None:
+            eligible = sa.or_(eligible, StudyRow.pinned_sha == code_sha)
+        pick = (
+            sa.select(AttemptRow.id)
+            .join(RunRow, RunRow.id == AttemptRow.run_id)
+            .join(StudyRow, StudyRow.id == RunRow.study_id)
+            .where(_lit(QUEUED), eligible)
+            .order_by(AttemptRow.priority.desc(), AttemptRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=AttemptRow)
+            .scalar_subquery()
+        )
+        expires = now + lease
+        with self._tx() as conn:
+            self._reap(conn, now)
+            row = conn.execute(
+                sa.update(AttemptRow)
+                .where(AttemptRow.id == pick, _lit(QUEUED))
+                .values(state=CLAIMED, worker_id=worker_id, claimed_at=now, heartbeat_at=now,
+                        lease_expires_at=expires)
+                .returning(AttemptRow.id, AttemptRow.run_id, AttemptRow.attempt_no)
+            ).first()
+            if row is None:
+                return None
+            attempt_id, run_id, attempt_no = row
+            info = conn.execute(
+                sa.select(StudyRow.name, RunRow.step_key, RunRow.seed, RunRow.config_json,
+                          RunRow.config_hash, RunRow.budget_seconds, RunRow.max_attempts)
+                .join(StudyRow, StudyRow.id == RunRow.study_id)
+                .where(RunRow.id == run_id)
+            ).one()
+            previous = conn.execute(
+                sa.select(AttemptRow.artifact_dir)
+                .where(AttemptRow.run_id == run_id, AttemptRow.attempt_no <= attempt_no,
+                       AttemptRow.artifact_dir.is_not(None))
+                .order_by(AttemptRow.attempt_no.desc()).limit(1)
+            ).scalar_one_or_none()
+            self._event(conn, [attempt_id], now, "claimed",
+                        {"worker": worker_id, "lease_expires_at": expires.isoformat()})
+        logger.info("attempt claimed", extra={"action": "attempt_claimed", "attempt": attempt_id,
+                                              "worker": worker_id})
+        return ClaimedAttempt(
+            attempt_id=attempt_id, attempt_no=attempt_no, run_id=run_id, study=info.name,
+            step=info.step_key, seed=info.seed, config=info.config_json,
+            config_hash=info.config_hash, budget_seconds=info.budget_seconds,
+            max_attempts=info.max_attempts, previous_artifact_dir=previous,
+            lease_expires_at=expires,
+        )
+
+    def reap_expired(self, now: datetime) -> list[int]:
+        """Mark leased attempts whose lease expired `lost`, queue their runs' next attempts
+        (within max_attempts); return the reaped attempt ids."""
+        now = _aware(now)
+        with self._tx() as conn:
+            return self._reap(conn, now)
+
+    def _reap(self, conn: Connection, now: datetime) -> list[int]:
+        rows = conn.execute(
+            sa.update(AttemptRow)
+            .where(_lit(*LEASED), AttemptRow.lease_expires_at < now)
+            .values(state=AttemptState.LOST.value, finished_at=now,
+                    error_message="lease expired: the worker stopped heartbeating")
+            .returning(AttemptRow.id, AttemptRow.run_id, AttemptRow.worker_id)
+        ).all()
+        for attempt_id, run_id, worker in rows:
+            self._event(conn, [attempt_id], now, "lost", {"worker": worker})
+            self._queue_next(conn, run_id, now, reason="lost", after=attempt_id)
+            logger.warning("lease expired", extra={"action": "attempt_lost",
+                                                   "attempt": attempt_id, "worker": worker})
+        return [r[0] for r in rows]
+
+    def _queue_next(self, conn: Connection, run_id: int, now: datetime, *, reason: str,
+                    after: int | None, bounded: bool = True) -> int | None:
+        """Queue attempt_no+1 of `run_id` unless bounded by max_attempts or superseded."""
+        run = conn.execute(
+            sa.select(RunRow.max_attempts, RunRow.priority, RunRow.superseded_at)
+            .where(RunRow.id == run_id)
+        ).one()
+        count, last = conn.execute(
+            sa.select(sa.func.count(), sa.func.max(AttemptRow.attempt_no))
+            .where(AttemptRow.run_id == run_id)
+        ).one()
+        if bounded and (count >= run.max_attempts or run.superseded_at is not None):
+            return None
+        attempt_no = (last or 0) + 1
+        attempt_id: int = conn.execute(
+            sa.insert(AttemptRow).values(run_id=run_id, attempt_no=attempt_no, state=QUEUED,
+                                         priority=run.priority, created_at=now)
+            .returning(AttemptRow.id)
+        ).scalar_one()
+        self._event(conn, [attempt_id], now, "queued", {"reason": reason, "after": after})
+        return attempt_no
+
+    def _fenced(self, conn: Connection, attempt_id: int, worker_id: str,
+                states: Sequence[str], values: dict[str, Any], action: str) -> int:
+        """Apply `values` if `worker_id` holds the attempt in one of `states`; the run id."""
+        row = conn.execute(
+            sa.update(AttemptRow)
+            .where(AttemptRow.id == attempt_id, AttemptRow.worker_id == worker_id,
+                   AttemptRow.state.in_(states))
+            .values(**values)
+            .returning(AttemptRow.run_id)
+        ).scalar_one_or_none()
+        if row is None:
+            self._refuse(conn, attempt_id, worker_id, action)
+        return int(row)
+
+    def _refuse(self, conn: Connection, attempt_id: int, worker_id: str,
+                action: str) -> NoReturn:
+        found = conn.execute(
+            sa.select(AttemptRow.state, AttemptRow.worker_id).where(AttemptRow.id == attempt_id)
+        ).first()
+        if found is None:
+            raise LeaseLost(f"attempt {attempt_id} does not exist; worker {worker_id} cannot "
+                            f"{action} it")
+        state, owner = found
+        if owner != worker_id or state not in LEASED:
+            raise LeaseLost(
+                f"worker {worker_id} no longer holds attempt {attempt_id} (now {state}"
+                f"{f', worker {owner}' if owner else ''}); cannot {action}: stop the attempt"
+            )
+        raise StaleTransition(f"attempt {attempt_id} is {state}: cannot {action}")
+
+    def start(self, attempt_id: int, worker_id: str, now: datetime, lease: timedelta, *,
+              artifact_dir: str, code_sha: str | None, code_dirty: bool | None,
+              diff_hash: str | None, host: str, gpu: str | None, pid: int | None,
+              env: dict[str, Any]) -> None:
+        """claimed -> running with the process's provenance; fenced."""
+        now = _aware(now)
+        with self._tx() as conn:
+            self._fenced(conn, attempt_id, worker_id, (CLAIMED,), {
+                "state": RUNNING, "started_at": now, "heartbeat_at": now,
+                "lease_expires_at": now + lease, "artifact_dir": artifact_dir,
+                "code_sha": code_sha, "code_dirty": code_dirty, "diff_hash": diff_hash,
+                "host": host, "gpu": gpu, "pid": pid, "env_json": finite_json(env),
+            }, "start")
+            self._event(conn, [attempt_id], now, "started",
+                        {"worker": worker_id, "host": host, "gpu": gpu, "pid": pid,
+                         "code_sha": code_sha, "code_dirty": code_dirty})
+
+    def heartbeat(self, attempt_id: int, worker_id: str, now: datetime, lease: timedelta,
+                  progress: dict[str, Any] | None = None) -> None:
+        """Extend the lease to now + lease and copy progress into the attempt; fenced
+        (LeaseLost once the attempt was reaped, cancelled or re-queued)."""
+        now = _aware(now)
+        values: dict[str, Any] = {"heartbeat_at": now, "lease_expires_at": now + lease}
+        for key, kind in PROGRESS_KEYS.items():
+            if progress and key in progress:
+                values[key] = _number(kind, progress[key])
+        with self._tx() as conn:
+            self._fenced(conn, attempt_id, worker_id, LEASED, values, "heartbeat")
+
+    def record_metrics(self, attempt_id: int, worker_id: str,
+                       rows: Sequence[tuple[str, int, float]]) -> int:
+        """Upsert (name, step, value) rows of the attempt; fenced. Returns rows written."""
+        unique = {(str(n), int(s)): float(v) for n, s, v in rows}
+        with self._tx() as conn:
+            held = conn.execute(
+                sa.select(AttemptRow.id)
+                .where(AttemptRow.id == attempt_id, AttemptRow.worker_id == worker_id,
+                       AttemptRow.state.in_(LEASED))
+                .with_for_update(read=True)
+            ).first()
+            if held is None:
+                self._refuse(conn, attempt_id, worker_id, "record metrics")
+            if unique:
+                stmt = self._insert(MetricRow)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[MetricRow.attempt_id, MetricRow.name, MetricRow.step],
+                    set_={"value": stmt.excluded.value},
+                )
+                conn.execute(stmt, [
+                    {"attempt_id": attempt_id, "name": n, "step": s, "value": v}
+                    for (n, s), v in unique.items()
+                ])
+        return len(unique)
+
+    def finish(self, attempt_id: int, worker_id: str, now: datetime, state: AttemptState, *,
+               failure_kind: FailureKind | None = None, exit_code: int | None = None,
+               error_type: str | None = None, error_message: str | None = None,
+               result: dict[str, Any] | None = None) -> None:
+        """Move the attempt to terminal `state`, storing its result; fenced.
+
+        A lost or crashed attempt gets the run's next attempt queued in the same transaction
+        while the run has fewer than max_attempts attempts; other failures wait for
+        `recip resume`."""
+        now = _aware(now)
+        state = AttemptState(state)
+        if state not in TERMINAL:
+            raise QueueError(f"finish needs a terminal state, not {state}")
+        sources = [s.value for s in (AttemptState.CLAIMED, AttemptState.RUNNING)
+                   if can_transition(s, state)]
+        values: dict[str, Any] = {
+            "state": state.value, "finished_at": now,
+            "failure_kind": FailureKind(failure_kind).value if failure_kind else None,
+            "exit_code": exit_code, "error_type": error_type,
+            "error_message": error_message[:_MESSAGE_MAX] if error_message else None,
+            "result_json": finite_json(result) if result is not None else None,
+        }
+        for key, column in RESULT_TO_COLUMN.items():
+            if result and result.get(key) is not None:
+                values[column] = _number(PROGRESS_KEYS[column], result[key])
+        with self._tx() as conn:
+            run_id = self._fenced(conn, attempt_id, worker_id, sources, values, f"finish as {state}")
+            self._event(conn, [attempt_id], now, "finished", {
+                "state": state.value, "failure_kind": values["failure_kind"],
+                "exit_code": exit_code, "error_type": error_type,
+            })
+            if state is AttemptState.LOST or failure_kind == FailureKind.CRASHED:
+                self._queue_next(conn, run_id, now, reason=values["failure_kind"] or state.value,
+                                 after=attempt_id)
+        logger.info("attempt finished", extra={"action": "attempt_finished",
+                                               "attempt": attempt_id, "state": state.value})
+
+    def requeue(self, attempt_id: int, worker_id: str, now: datetime) -> None:
+        """claimed/running -> queued, same attempt row, lease released; fenced. For a worker
+        stopping cleanly: the attempt resumes from its own checkpoint."""
+        now = _aware(now)
+        with self._tx() as conn:
+            self._fenced(conn, attempt_id, worker_id, LEASED, {
+                "state": QUEUED, "worker_id": None, "claimed_at": None,
+                "lease_expires_at": None,
+            }, "requeue")
+            self._event(conn, [attempt_id], now, "requeued", {"worker": worker_id})
+
+    # -- studies ------------------------------------------------------------------------
+
+    def _study_id(self, conn: Connection, study: str) -> int:
+        sid = conn.execute(sa.select(StudyRow.id).where(StudyRow.name == study)).scalar()
+        if sid is None:
+            names = conn.execute(sa.select(StudyRow.name).order_by(StudyRow.name)).scalars().all()
+            known = ", ".join(names[:20]) or "none"
+            raise UnknownStudy(f"no study {study!r} in {self.label} (studies: {known})")
+        return int(sid)
+
+    def _check_steps(self, conn: Connection, study_id: int, study: str,
+                     steps: Sequence[str] | None) -> None:
+        if steps is None:
+            return
+        known = set(conn.execute(
+            sa.select(RunRow.step_key).where(RunRow.study_id == study_id).distinct()
+        ).scalars())
+        missing = [s for s in steps if s not in known]
+        if missing:
+            raise UnknownStep(f"no step {', '.join(map(repr, missing))} in study {study!r} "
+                              f"(steps: {', '.join(sorted(known))})")
+
+    def cancel(self, study: str, now: datetime, steps: Sequence[str] | None = None) -> int:
+        """Cancel the study's live attempts (queued, and leased ones, whose workers are then
+        fenced out); return how many."""
+        now = _aware(now)
+        with self._tx() as conn:
+            sid = self._study_id(conn, study)
+            self._check_steps(conn, sid, study, steps)
+            runs = sa.select(RunRow.id).where(RunRow.study_id == sid)
+            if steps is not None:
+                runs = runs.where(RunRow.step_key.in_(list(steps)))
+            ids = list(conn.execute(
+                sa.update(AttemptRow)
+                .where(AttemptRow.run_id.in_(runs), _lit(*LIVE))
+                .values(state=AttemptState.CANCELLED.value, finished_at=now)
+                .returning(AttemptRow.id)
+            ).scalars())
+            self._event(conn, ids, now, "cancelled", {"reason": "cancel"})
+        return len(ids)
+
+    def new_attempts(self, study: str, now: datetime, *, steps: Sequence[str] | None = None,
+                     states: Sequence[str] | None = None,
+                     force: bool = False) -> list[tuple[str, int, int]]:
+        """Queue attempt_no+1 for each current run with nothing live and no success (any run,
+        with `force`) whose latest attempt ended in one of `states` (default: any terminal
+        state but succeeded; with `force`, any terminal state). Idempotent; returns
+        (step, seed, attempt_no) created."""
+        now = _aware(now)
+        if states is None:
+            wanted = {s.value for s in TERMINAL}
+            if not force:
+                wanted.discard(AttemptState.SUCCEEDED.value)
+        else:
+            bad = [s for s in states if s not in {t.value for t in TERMINAL}]
+            if bad:
+                raise QueueError(f"not terminal states: {', '.join(bad)} (terminal: "
+                                 f"{', '.join(sorted(t.value for t in TERMINAL))})")
+            wanted = set(states)
+        created: list[tuple[str, int, int]] = []
+        with self._tx() as conn:
+            sid = self._study_id(conn, study)
+            self._check_steps(conn, sid, study, steps)
+            query = (sa.select(RunRow.id, RunRow.step_key, RunRow.seed)
+                     .where(RunRow.study_id == sid, RunRow.superseded_at.is_(None))
+                     .order_by(RunRow.id))
+            if steps is not None:
+                query = query.where(RunRow.step_key.in_(list(steps)))
+            runs = conn.execute(query).all()
+            history: dict[int, list[str]] = {}
+            for run_id, state in conn.execute(
+                sa.select(AttemptRow.run_id, AttemptRow.state)
+                .where(AttemptRow.run_id.in_(query.with_only_columns(RunRow.id)))
+                .order_by(AttemptRow.run_id, AttemptRow.attempt_no)
+            ):
+                history.setdefault(run_id, []).append(state)
+            for run_id, step, seed in runs:
+                seen = history.get(run_id, [])
+                if any(s in LIVE for s in seen):
+                    continue
+                if not force and AttemptState.SUCCEEDED.value in seen:
+                    continue
+                if seen and seen[-1] not in wanted:
+                    continue
+                no = self._queue_next(conn, run_id, now, reason="rerun" if force else "resume",
+                                      after=None, bounded=False)
+                assert no is not None
+                created.append((step, seed, no))
+        return created
+
+    # -- workers ------------------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, now: datetime, *, host: str, gpu: str | None,
+                        pid: int | None) -> None:
+        """Insert or refresh the worker row (started now, not stopped)."""
+        now = _aware(now)
+        values = {"host": host, "gpu": gpu, "pid": pid, "started_at": now,
+                  "last_heartbeat": now, "stopped_at": None, "current_attempt": None}
+        stmt = self._insert(WorkerRow).values(id=worker_id, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=[WorkerRow.id], set_=values)
+        with self._tx() as conn:
+            conn.execute(stmt)
+
+    def worker_heartbeat(self, worker_id: str, now: datetime,
+                         current_attempt: int | None = None) -> None:
+        """Record that the worker is alive (and what it runs)."""
+        now = _aware(now)
+        with self._tx() as conn:
+            n = conn.execute(
+                sa.update(WorkerRow).where(WorkerRow.id == worker_id)
+                .values(last_heartbeat=now, current_attempt=current_attempt)
+            ).rowcount
+        if n == 0:
+            raise QueueError(f"worker {worker_id} is not registered; call register_worker first")
+
+    def worker_stopped(self, worker_id: str, now: datetime) -> None:
+        """Mark the worker stopped."""
+        now = _aware(now)
+        with self._tx() as conn:
+            conn.execute(sa.update(WorkerRow).where(WorkerRow.id == worker_id)
+                         .values(stopped_at=now, last_heartbeat=now, current_attempt=None))
+
+    # -- reads --------------------------------------------------------------------------
+
+    def snapshot(self, now: datetime, study: str | None = None) -> Snapshot:
+        """The dashboard: one row per current run (its latest attempt); O(runs)."""
+        now = _aware(now)
+        with self._tx(read_only=True) as conn:
+            if study is not None:
+                self._study_id(conn, study)
+            return reads.snapshot(conn, now, self.label, study)
+
+    def study_names(self) -> list[str]:
+        """Every study name, sorted."""
+        with self._tx(read_only=True) as conn:
+            return list(conn.execute(sa.select(StudyRow.name).order_by(StudyRow.name)).scalars())
+
+    def study_results(self, name: str) -> StudyResults:
+        """Everything the analysis of study `name` needs (UnknownStudy if none)."""
+        with self._tx(read_only=True) as conn:
+            sid = self._study_id(conn, name)
+            return reads.study_results(conn, sid)
+
+    def metric_series(self, attempt_ids: Sequence[int], names: Sequence[str] | None = None,
+                      prefix: str | None = None) -> MetricSeries:
+        """attempt -> name -> [(step, value)] for metrics named in `names` or starting with
+        `prefix` (all when neither is given)."""
+        with self._tx(read_only=True) as conn:
+            return reads.metric_series(conn, attempt_ids, names, prefix)
+
+    def events(self, attempt_id: int) -> list[dict[str, Any]]:
+        """The attempt's events, oldest first: {id, at, kind, payload}."""
+        with self._tx(read_only=True) as conn:
+            return reads.events(conn, attempt_id)
+
+    def attempt(self, attempt_id: int) -> AttemptResult:
+        """One attempt with its run and result (QueueError if there is none)."""
+        with self._tx(read_only=True) as conn:
+            found = reads.attempt_results(conn, AttemptRow.id == attempt_id)
+        if not found:
+            raise QueueError(f"no attempt {attempt_id} in {self.label}")
+        return found[0]
