@@ -1,9 +1,103 @@
-"""`recip report` (under construction in this commit)."""
+"""`recip report STUDY [--format table|md|json] [--plot DIR] [--out FILE] [--db URL]`:
+what each step did, from the results in the queue. Partial studies report what exists."""
 
 from __future__ import annotations
 
+import enum
+import io
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from orchestrator.cli.common import DbOption, db_url, say
+
+if TYPE_CHECKING:
+    from orchestrator.core.results import MetricSeries, StudyResults
+    from orchestrator.queue.repo import QueueRepo
+    from orchestrator.report.analysis import Report
+
+
+class Format(str, enum.Enum):
+    table = "table"
+    md = "md"
+    json = "json"
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's top-level commands to the root app."""
+    app.command("report")(report)
+
+
+def report(
+    study: Annotated[str, typer.Argument(help="Study name (see `recip queue ls`).")],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Write PNG plots (curves, deltas, gates) into this directory.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write the report to this file instead of stdout.")] = None,
+    metric: Annotated[str | None, typer.Option(
+        "--metric", help="Metric to compare (default: the spec's analysis.metric).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Per-step means over seeds, deltas with noise verdicts, expected ranges, rules, flags."""
+    from orchestrator.queue.repo import QueueRepo
+    from orchestrator.report.analysis import analyze
+
+    repo = QueueRepo.open(db_url(db))
+    try:
+        results = repo.study_results(study)
+        series = load_series(repo, results)
+    finally:
+        repo.close()
+    rep = analyze(results, series, metric=metric)
+    plots: list[Path] = []
+    if plot is not None:
+        from orchestrator.report.plots import write_plots
+
+        plots = write_plots(rep, series, plot)
+        for p in plots:
+            say(f"wrote {p}")
+        if not plots:
+            say("no plots: no finished step has metrics yet")
+    text = render_text(rep, fmt, plots, out)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        say(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+    fired = sum(1 for r in rep.rules if r.status == "fired")
+    done = sum(1 for s in rep.steps if s.status == "done")
+    say(f"{study}: {done}/{len(rep.steps)} steps done, {fired} rule(s) fired, "
+        f"{len(rep.flags)} flag(s)")
+
+
+def load_series(repo: QueueRepo, results: StudyResults) -> MetricSeries:
+    """val_loss, stats/... and grad/... of every succeeded attempt, in three queries."""
+    ids = [a.attempt_id for a in results.attempts if a.state == "succeeded"]
+    series: MetricSeries = {}
+    if not ids:
+        return series
+    for part in (repo.metric_series(ids, names=["val_loss"]),
+                 repo.metric_series(ids, prefix="stats/"),
+                 repo.metric_series(ids, prefix="grad/")):
+        for aid, names in part.items():
+            series.setdefault(aid, {}).update(names)
+    return series
+
+
+def render_text(rep: Report, fmt: Format, plots: list[Path], out: Path | None) -> str:
+    from orchestrator.report.export import to_json, to_markdown
+
+    if fmt is Format.json:
+        return to_json(rep)
+    if fmt is Format.md:
+        return to_markdown(rep, plots, relative_to=out.parent if out is not None else None)
+    from orchestrator.cli.render_report import make_console, render_report
+
+    buf = io.StringIO()
+    colour = out is None and sys.stdout.isatty()
+    make_console(buf, width=100, colour=colour).print(render_report(rep))
+    return buf.getvalue()

@@ -223,7 +223,7 @@ def flags_for_runs(results: StudyResults) -> dict[tuple[str, int], tuple[str, ..
         parent = ctx.parent(step)
         parent_tps = _mean(_values(ctx.used(parent), "tokens_per_s")) if parent else None
         parent_shas = {r.used.code_sha for r in ctx.used(parent) if r.used} if parent else set()
-        expect = ctx.expect_of(step)
+        expect = ctx.expect_of(step) if ctx.scale_note(step) is None else {}
         for run in ctx.runs.get(step, ()):
             flags: list[str] = []
             kind = _failure(run)
