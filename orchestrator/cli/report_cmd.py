@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from orchestrator.report.analysis import Report
 
 
-class Format(str, enum.Enum):
+class Format(enum.StrEnum):
     table = "table"
     md = "md"
     json = "json"
