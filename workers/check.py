@@ -1,0 +1,315 @@
+"""Dry-run every step's model before it is queued: build, count, probe (design.md §1, issue 5).
+
+For the first run of each step: the model config is validated by constructing it on the meta
+device (parameter counts by part, the attention:MLP ratio), then a shrunken copy (n_layer <= 2,
+T <= 32, small vocabulary, the mechanism knobs kept) runs a CPU forward/backward that checks
+finite loss and gradients, causality, and that every enabled mechanism changes the output.
+Steps whose resolved models are identical are flagged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from models import registry
+from models.config import GPTConfig
+from models.gpt2 import GPT
+from orchestrator.core.plan import RunPlan, StudyPlan
+
+SLOTS = (("attn", "attention"), ("mlp", "mlp"))
+PROBE_T = 32
+PROBE_VOCAB = 64
+PROBE_HEAD_DIMS = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """What `check_plan` found for one step; `ok` is False when `error` is set or the probe failed."""
+
+    step: str
+    ok: bool
+    error: str | None = None
+    params: dict[str, int] = field(default_factory=dict)
+    attn_mlp_ratio: float = 0.0
+    """MLP parameters per attention parameter (the spec's "1:2.5" is 2.5)."""
+    causal: bool | None = None
+    mechanisms_active: bool | None = None
+    """None for the GPT-2 baseline; False when an enabled mechanism leaves the output unchanged."""
+    identical_to: str | None = None
+    """An earlier step whose resolved model is the same."""
+    warnings: tuple[str, ...] = ()
+    mechanisms: str = ""
+    """`attn(knobs) + mlp(knobs)` as written in the resolved config."""
+    probe: str = ""
+    """The shrunken shape the CPU probe ran at, e.g. `L2 H4 E64 T32`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Invalid(Exception):
+    """A step's model cannot be built; the message is the StepCheck error line."""
+
+
+def check_plan(plan: StudyPlan, steps: Sequence[str] | None = None) -> list[StepCheck]:
+    """Check the first run of each step (or of `steps`), in plan order."""
+    firsts: dict[str, RunPlan] = {}
+    for run in plan.runs:
+        if steps is None or run.step in steps:
+            firsts.setdefault(run.step, run)
+    results: list[StepCheck] = []
+    seen_models: dict[str, str] = {}
+    for step, run in firsts.items():
+        check = check_model(run.config["model"], step=step)
+        key = _model_key(run.config["model"])
+        if key is not None and key in seen_models:
+            check = dataclasses.replace(check, identical_to=seen_models[key])
+        elif key is not None:
+            seen_models[key] = step
+        results.append(check)
+    return results
+
+
+def check_model(model: Mapping[str, Any], *, step: str = "") -> StepCheck:
+    """Build one resolved model config on meta, then probe a shrunken copy on the CPU.
+
+    Errors are one line naming the part: `model: ...`, `attention: ...` (unknown name),
+    `mlp.rmlp: unknown knob ...`, `probe: ...`."""
+    label = _label(model)
+    try:
+        cfg = _config(model)
+        meta_model = _validate(cfg)
+        params = {k: v for k, v in meta_model.param_counts().items() if k != "attn_mlp_ratio_x1000"}
+    except _Invalid as e:
+        return StepCheck(step=step, ok=False, error=str(e), mechanisms=label)
+    ratio = params["mlp"] / params["attention"] if params["attention"] else 0.0
+    try:
+        probe = _probe(cfg)
+    except _Invalid as e:
+        return StepCheck(step=step, ok=False, error=str(e), params=params, attn_mlp_ratio=ratio,
+                         mechanisms=label)
+    ok = probe.finite and probe.causal and probe.active is not False
+    error = None
+    if not probe.finite:
+        error = "probe: loss or gradients are not finite at init"
+    elif not probe.causal:
+        error = f"probe: not causal, earlier logits change when later tokens change ({probe.leak})"
+    elif probe.active is False:
+        error = f"probe: {probe.inert[0]}"
+    return StepCheck(step=step, ok=ok, error=error, params=params, attn_mlp_ratio=ratio,
+                     causal=probe.causal, mechanisms_active=probe.active, warnings=tuple(probe.warnings),
+                     mechanisms=label, probe=probe.shape)
+
+
+# ----------------------------------------------------------------------------------------
+# building
+
+
+def _config(model: Mapping[str, Any]) -> GPTConfig:
+    d = {k: v for k, v in model.items() if k != "preset"}
+    try:
+        return GPTConfig.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise _Invalid(f"model: {_one_line(e)}") from None
+
+
+def _validate(cfg: GPTConfig) -> GPT:
+    """Knobs first, then each slot's module on meta (so an error names the slot that failed),
+    then the whole model on meta, which is returned."""
+    for slot, word in SLOTS:
+        name, knobs = (cfg.attn, cfg.attn_knobs) if slot == "attn" else (cfg.mlp, cfg.mlp_knobs)
+        try:
+            registry.make_knobs(name, slot, knobs)
+        except registry.UnknownMechanismError as e:
+            raise _Invalid(f"{word}: {_one_line(e)}") from None
+        except (ValueError, TypeError) as e:
+            raise _Invalid(f"{word}.{name}: {_one_line(e)}") from None
+    for slot, word in SLOTS:
+        name = cfg.attn if slot == "attn" else cfg.mlp
+        try:
+            with torch.device("meta"):
+                for layer in range(min(cfg.n_layer, 2)):
+                    registry.build(slot, cfg, layer)
+        except (ValueError, TypeError, AssertionError) as e:
+            raise _Invalid(f"{word}.{name}: {_one_line(e)}") from None
+    try:
+        with torch.device("meta"):
+            return GPT(cfg)
+    except (ValueError, TypeError, AssertionError) as e:
+        raise _Invalid(f"model: {_one_line(e)}") from None
+
+
+def _label(model: Mapping[str, Any]) -> str:
+    """`mla(latent_dim=128, ra_alpha=0.3) + reciprocal_mlp(gate, cross)`: knobs off their default."""
+
+    def one(slot: str, name: Any, knobs: Any) -> str:
+        given = dict(knobs or {})
+        try:
+            defaults = {f.name: f.default for f in dataclasses.fields(registry.make_knobs(name, slot, given))}
+        except (ValueError, TypeError):
+            defaults = {}
+        parts = [k if v is True else f"{k}={v}" for k, v in given.items()
+                 if k not in defaults or defaults[k] != v]
+        return f"{name}({', '.join(parts)})" if parts else str(name)
+
+    return f"{one('attn', model.get('attn'), model.get('attn_knobs'))} + {one('mlp', model.get('mlp'), model.get('mlp_knobs'))}"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _model_key(model: Mapping[str, Any]) -> str | None:
+    """Canonical JSON of the model with every knob default filled in; None if invalid."""
+    try:
+        cfg = _config(model)
+        d = cfg.to_dict()
+        d["attn_knobs"] = dataclasses.asdict(registry.make_knobs(cfg.attn, "attn", cfg.attn_knobs))
+        d["mlp_knobs"] = dataclasses.asdict(registry.make_knobs(cfg.mlp, "mlp", cfg.mlp_knobs))
+    except (_Invalid, ValueError, TypeError):
+        return None
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+# ----------------------------------------------------------------------------------------
+# the CPU probe
+
+
+@dataclass
+class _Probe:
+    shape: str
+    finite: bool = True
+    causal: bool = True
+    leak: str = ""
+    active: bool | None = None
+    inert: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _probe_configs(cfg: GPTConfig) -> Iterator[GPTConfig]:
+    small = dict(cfg.to_dict(), n_layer=min(cfg.n_layer, 2), block_size=min(cfg.block_size, PROBE_T),
+                 vocab_size=min(cfg.vocab_size, PROBE_VOCAB), dropout=0.0)
+    widths = [cfg.n_head * hd for hd in PROBE_HEAD_DIMS if hd < cfg.head_dim] + [cfg.n_embd]
+    for n_embd in widths:
+        yield GPTConfig(**dict(small, n_embd=n_embd))
+
+
+def _build(cfg: GPTConfig, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(cfg).eval()
+
+
+def _probe(cfg: GPTConfig) -> _Probe:
+    with torch.random.fork_rng(devices=[]):
+        last: BaseException | None = None
+        for small in _probe_configs(cfg):
+            try:
+                model = _build(small)
+                break
+            except (ValueError, TypeError, AssertionError) as e:
+                last = e
+        else:
+            raise _Invalid(f"probe: no shrunken size builds ({_one_line(last or ValueError())})")
+        try:
+            return _run_probe(model, small)
+        except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
+            raise _Invalid(f"probe: forward/backward failed: {type(e).__name__}: {_one_line(e)}") from None
+
+
+def _logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out: torch.Tensor = model(idx)[0]
+    return out
+
+
+def _run_probe(model: GPT, cfg: GPTConfig) -> _Probe:
+    T = cfg.block_size
+    probe = _Probe(shape=f"L{cfg.n_layer} H{cfg.n_head} E{cfg.n_embd} T{T}")
+    gen = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, cfg.vocab_size, (2, T), generator=gen)
+
+    # finite loss and gradients; parameters that get no gradient are reported
+    model.train()
+    x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+    _, loss = model(x, y)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    probe.finite = bool(torch.isfinite(loss)) and all(g is None or bool(torch.isfinite(g).all()) for g in grads.values())
+    dead = [n for n, g in grads.items() if g is None or not bool(g.abs().sum() > 0)]
+    if dead:
+        more = f" (+{len(dead) - 3} more)" if len(dead) > 3 else ""
+        probe.warnings.append(f"{len(dead)} parameter(s) get no gradient: {', '.join(dead[:3])}{more}")
+    model.zero_grad(set_to_none=True)
+    model.eval()
+
+    # causality: change the last token, then the second half; earlier logits must not move
+    ref = _logits(model, idx)
+    for t in (T - 1, T // 2):
+        pert = idx.clone()
+        pert[:, t:] = (pert[:, t:] + 1 + torch.arange(T - t)) % cfg.vocab_size
+        diff = (_logits(model, pert)[:, :t] - ref[:, :t]).abs().max().item() if t > 0 else 0.0
+        if diff > 0.0 and _leaks_in_float64(model, idx, pert, t):
+            probe.causal = False
+            probe.leak = f"max |diff| {diff:.2g} before position {t}"
+            break
+
+    # mechanisms: differ from the GPT-2 baseline, and every enabled knob changes the output
+    if cfg.attn == "causal" and cfg.mlp == "gelu":
+        return probe
+    base = _build(dataclasses.replace(cfg, attn="causal", attn_knobs={}, mlp="gelu", mlp_knobs={}))
+    if torch.equal(_logits(base, idx), ref):
+        probe.inert.append("the output equals the GPT-2 baseline built with the same seed")
+    for slot, word in SLOTS:
+        probe_inert_knobs(model, cfg, slot, word, idx, ref, probe)
+    probe.active = not probe.inert
+    return probe
+
+
+def _leaks_in_float64(model: GPT, idx: torch.Tensor, pert: torch.Tensor, t: int) -> bool:
+    """A float32 difference is a leak only if it survives in float64 (else it is rounding)."""
+    m64 = model.double()
+    try:
+        diff = (_logits(m64, pert)[:, :t] - _logits(m64, idx)[:, :t]).abs().max().item()
+    finally:
+        model.float()
+    return diff > 1e-10
+
+
+def _enabling(default: Any, value: Any) -> bool:
+    """A knob switches something on when its default is off (False/None/0) and its value is not."""
+    return (default is None or default is False or default == 0) and value not in (None, False, 0, 0.0)
+
+
+def probe_inert_knobs(model: GPT, cfg: GPTConfig, slot: str, word: str, idx: torch.Tensor,
+                      ref: torch.Tensor, probe: _Probe) -> None:
+    """Rebuild without each enabling knob (same weights); an unchanged output means the knob is inert."""
+    name, given = (cfg.attn, cfg.attn_knobs) if slot == "attn" else (cfg.mlp, cfg.mlp_knobs)
+    knobs = registry.make_knobs(name, slot, given)
+    defaults = {f.name: f.default for f in dataclasses.fields(knobs)}
+    forced = bool(getattr(knobs, "force_gates_open", False))
+    state = model.state_dict()
+    for knob, value in given.items():
+        if knob not in defaults or not _enabling(defaults[knob], value) or knob == "force_gates_open":
+            continue
+        ablated_knobs = {**given, knob: defaults[knob]}
+        ablated_cfg = (dataclasses.replace(cfg, attn_knobs=ablated_knobs) if slot == "attn"
+                       else dataclasses.replace(cfg, mlp_knobs=ablated_knobs))
+        try:
+            other = _build(ablated_cfg, seed=1)
+        except (ValueError, TypeError, AssertionError):
+            continue
+        own = other.state_dict()
+        other.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
+        if torch.equal(_logits(other, idx), ref):
+            what = f"{word}.{name}.{knob}={value!r} does not change the output (same weights with {knob}={defaults[knob]!r})"
+            if forced:
+                probe.warnings.append(f"{what}: force_gates_open makes it the identity (§5)")
+            else:
+                probe.inert.append(what)
