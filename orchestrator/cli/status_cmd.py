@@ -1,9 +1,91 @@
-"""`recip status` (under construction in this commit)."""
+"""`recip status [STUDY] [--watch] [--json]`: the dashboard, from one snapshot query.
+
+Every refresh first reaps expired leases, so a dead worker's attempt is re-queued while
+someone is looking, without a cron job.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from orchestrator.cli.common import DbOption, JsonOption, db_url, emit_json, say
+from orchestrator.core.errors import UnknownStudy
+
+if TYPE_CHECKING:
+    from orchestrator.core.views import Snapshot
+    from orchestrator.queue.repo import QueueRepo
+
+
+def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
+    """The Snapshot as JSON-ready data (datetimes as ISO 8601)."""
+    def convert(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [convert(v) for v in value]
+        return value
+
+    out: dict[str, Any] = convert(dataclasses.asdict(snapshot))
+    return out
+
+
+def take_snapshot(repo: QueueRepo, study: str | None, *, reap: bool = True) -> Snapshot:
+    """Reap expired leases, then read the dashboard (UnknownStudy for a bad name)."""
+    now = datetime.now(UTC)
+    if study is not None:
+        known = repo.study_names()
+        if study not in known:
+            raise UnknownStudy(f"no study {study!r} in {repo.label} "
+                               f"(studies: {', '.join(known) or 'none'})")
+    if reap:
+        lost = repo.reap_expired(now)
+        if lost:
+            say(f"reaped {len(lost)} expired lease{'s' if len(lost) != 1 else ''}")
+    return repo.snapshot(now, study)
+
+
+def status(
+    study: Annotated[str | None, typer.Argument(help="Only this study.", show_default=False)] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Keep redrawing every 2 s.")] = False,
+    json_out: JsonOption = False,
+    db: DbOption = None,
+    interval: Annotated[float, typer.Option(hidden=True)] = 2.0,
+    frames: Annotated[int | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Every study's runs: state, worker, iteration, budget used, val loss, heartbeat, flags."""
+    from orchestrator.queue.repo import QueueRepo
+
+    with QueueRepo.open(db_url(db)) as repo:
+        if json_out and not watch:
+            emit_json(snapshot_json(take_snapshot(repo, study)))
+            return
+        from orchestrator.cli import render
+
+        if not watch:
+            snap = take_snapshot(repo, study)
+            if not snap.studies:
+                say(f"no studies in {snap.db}; submit one with `recip queue submit FILE`")
+                return
+            render.print_renderable(render.render_status(snap))
+            return
+
+        def frame() -> tuple[Any, bool]:
+            snap = take_snapshot(repo, study)
+            done = study is not None and all(s.done for s in snap.studies)
+            return render.render_status(snap), done
+
+        try:
+            render.live(frame, interval=interval, max_frames=frames)
+        except KeyboardInterrupt:
+            pass
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's top-level commands to the root app."""
+    """Add `recip status` to the root app."""
+    app.command("status")(status)

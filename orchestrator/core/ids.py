@@ -18,8 +18,7 @@ _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def canonical_json(obj: Any) -> str:
     """Sorted, compact JSON: the byte-stable form every hash is taken of."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def _sha256(obj: Any) -> str:

@@ -151,7 +151,8 @@ _MISSING_FIX: dict[Loc, str] = {
 
 def to_spec_error(err: ValidationError, *, file: str) -> SpecError:
     """The first pydantic error, as `file: path: message (+N more)`."""
-    errors = err.errors(include_url=False)
+    # a misspelt key also makes its correct spelling "missing": report the misspelling
+    errors = sorted(err.errors(include_url=False), key=lambda e: e["type"] == "missing")
     first = errors[0]
     loc, message = _describe(first)
     more = len(errors) - 1

@@ -317,8 +317,9 @@ class Spec(_Strict):
         listed = ", ".join(ids)
         for sid, step in self.steps.items():
             if step.parent is not None and step.parent not in self.steps:
+                others = ", ".join(i for i in ids if i != sid) or "none"
                 raise SpecProblem(("steps", sid, "parent"),
-                                  f"unknown parent {step.parent!r} (steps: {listed})")
+                                  f"unknown parent {step.parent!r} (steps: {others})")
         for sid in ids:
             cycle = _cycle_from(self.steps, sid)
             if cycle:
