@@ -71,7 +71,7 @@ def make_engine(url: str, *, check_schema: bool = True) -> Engine:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_path(parsed)
-        _check_sqlite_file(path, url, must_exist=check_schema)
+        check_sqlite_file(path, url, must_exist=check_schema)
         engine = sa.create_engine(
             parsed,
             connect_args={"timeout": 30, "check_same_thread": False},
@@ -98,7 +98,9 @@ def make_engine(url: str, *, check_schema: bool = True) -> Engine:
     return engine
 
 
-def _check_sqlite_file(path: Path, url: str, *, must_exist: bool) -> None:
+def check_sqlite_file(path: Path, url: str, *, must_exist: bool) -> None:
+    """DatabaseUnavailable when SQLite could not open or write `path` (SchemaOutOfDate when
+    it is missing and `must_exist`)."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise DatabaseUnavailable(

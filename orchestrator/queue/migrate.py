@@ -23,10 +23,13 @@ from sqlalchemy.engine import Connection
 from orchestrator.core.errors import DatabaseUnavailable, QueueError
 from orchestrator.queue.db import (
     READ_ONLY,
+    check_sqlite_file,
     database_revision,
     describe_error,
     make_engine,
+    parse_url,
     redact_url,
+    sqlite_path,
 )
 
 _LOCK_KEY = 0x7265636970  # "recip"
@@ -67,7 +70,11 @@ def known_revisions() -> frozenset[str]:
 
 
 def current(url: str) -> str | None:
-    """The revision the database at `url` is at; None for an empty database."""
+    """The revision the database at `url` is at; None for an empty (or missing) database."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
+        check_sqlite_file(sqlite_path(parsed), url, must_exist=False)
+        return None
     engine = make_engine(url, check_schema=False)
     try:
         with engine.connect() as conn:
