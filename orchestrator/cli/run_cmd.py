@@ -1,9 +1,236 @@
-"""`recip run` (under construction in this commit)."""
+"""`recip run FILE` (submit + local workers + live dashboard + report) and `recip logs`.
+
+`run` exits 0 only when every run of the study succeeded. A missing SQLite database is
+created (the embedded default needs nothing but the install); a server database must
+already be at head (`recip db upgrade`).
+"""
 
 from __future__ import annotations
 
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from orchestrator.cli.common import DbOption, db_url, redact, say, split_csv
+from orchestrator.cli.queue_cmd import StepsOption
+from orchestrator.cli.workers_cmd import (
+    DEFAULT_RUNS_DIR,
+    AddressOption,
+    CpuWorkersOption,
+    GpusOption,
+    GraceOption,
+    LeaseOption,
+    RunsDirOption,
+)
+from orchestrator.core.errors import RecipError, UnknownStep, UnknownStudy
+
+if TYPE_CHECKING:
+    from orchestrator.queue.repo import QueueRepo
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's top-level commands to the root app."""
+    """Add `recip run` and `recip logs` to the root app."""
+    app.command("run")(run)
+    app.command("logs")(logs)
+
+
+def ensure_database(url: str) -> None:
+    """Create a SQLite database that does not exist yet; leave every other one alone."""
+    from orchestrator.queue import migrate
+    from orchestrator.queue.db import parse_url, sqlite_path
+
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
+        migrate.upgrade(url)
+        say(f"created {redact(url)}")
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="Study spec (YAML), e.g. ablations/smoke.yaml.",
+                                         show_default=False)],
+    steps: StepsOption = None,
+    no_check: Annotated[bool, typer.Option(
+        "--no-check", help="Skip the CPU dry-run of every step's model.")] = False,
+    preset: Annotated[str | None, typer.Option(
+        help="Model size preset for every step.", show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="Dataset for every step (kjv, text:PATH, hf:NAME).", show_default=False)] = None,
+    time_s: Annotated[float | None, typer.Option(
+        "--time", help="Training budget in seconds for every step.", show_default=False)] = None,
+    max_iters: Annotated[int | None, typer.Option(
+        "--max-iters", help="Iteration budget for every step.", show_default=False)] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Seeds for every step, comma-separated (e.g. 1,2).", show_default=False)] = None,
+    gpus: GpusOption = None,
+    cpu_workers: CpuWorkersOption = None,
+    address: AddressOption = None,
+    db: DbOption = None,
+    runs_dir: RunsDirOption = Path(DEFAULT_RUNS_DIR),
+    lease: LeaseOption = 30.0,
+    grace: GraceOption = 120.0,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip the final report.")
+                         ] = False,
+    interval: Annotated[float, typer.Option(hidden=True)] = 2.0,
+) -> None:
+    """Submit a study, run it on local workers with a live dashboard, then report it."""
+    from orchestrator.cli import render
+    from orchestrator.cli.queue_cmd import (
+        build_plan,
+        check_plan_or_raise,
+        describe_submit,
+        parse_seeds,
+    )
+    from orchestrator.cli.workers_cmd import (
+        absolute_db_url,
+        drive,
+        open_repo,
+        pidfile,
+        pool_config,
+    )
+    from orchestrator.core.resolve import Overrides
+    from workers.pool import WorkerPool
+
+    overrides = Overrides(preset=preset, dataset=dataset, time=time_s, max_iters=max_iters,
+                          seeds=parse_seeds(seeds))
+    step_list = split_csv(steps)
+    plan = build_plan(file, steps=step_list, overrides=overrides)
+    if not no_check:
+        check_plan_or_raise(plan, str(file), step_list)
+    url = absolute_db_url(db_url(db))
+    ensure_database(url)
+    with open_repo(url) as repo:
+        result = repo.submit(plan, datetime.now(UTC))
+        for line in describe_submit(result, len(plan.runs)):
+            say(line)
+        config = pool_config(db=url, runs_dir=runs_dir, gpus=gpus, cpu_workers=cpu_workers,
+                             address=address, until_empty=True, study=plan.name, lease=lease,
+                             grace=grace)
+        with pidfile(config.runs_dir, url, f"run {plan.name}"):
+            pool = WorkerPool(config)
+            try:
+                slots = pool.start()
+                say(f"{len(slots)} workers ({', '.join(s.name for s in slots)}); "
+                    f"runs in {config.runs_dir}; Ctrl-C stops cleanly")
+                started = time.monotonic()
+                outcome = drive(pool, repo, study=plan.name, interval=interval,
+                                render=lambda snap, p: render.render_status(snap),
+                                live=sys.stdout.isatty())
+            finally:
+                pool.shutdown()
+        from orchestrator.cli.status_cmd import take_snapshot
+
+        snap = take_snapshot(repo, plan.name)
+    if not sys.stdout.isatty():
+        render.print_renderable(render.render_status(snap))
+    runs = [r for s in snap.studies for r in s.runs]
+    bad = [r for r in runs if r.state != "succeeded"]
+    say(f"study {plan.name}: {len(runs) - len(bad)}/{len(runs)} runs succeeded in "
+        f"{time.monotonic() - started:.0f}s")
+    if not no_report and not outcome.stopped_by_signal:
+        _report(plan.name, url)
+    if outcome.stopped_by_signal:
+        say(f"stopped: unfinished attempts are back in the queue; `recip run {file}` or "
+            "`recip workers up` continues them")
+        raise typer.Exit(130)
+    if bad:
+        for r in bad:
+            say(f"  {r.step} seed {r.seed}: {r.state}"
+                + (f" ({r.failure_kind})" if r.failure_kind else "")
+                + (f": {r.error}" if r.error else ""))
+        raise typer.Exit(1)
+
+
+def _report(study: str, url: str) -> None:
+    try:
+        from orchestrator.cli.report_cmd import Format, report
+    except ImportError:
+        return
+    try:
+        report(study=study, fmt=Format.table, plot=None, out=None, metric=None, db=url)
+    except RecipError as e:
+        say(f"report: {e.message}")
+
+
+def _find_attempt(repo: QueueRepo, study: str, step: str, seed: int | None,
+                  attempt: int | None) -> tuple[int, int, int, str | None, str]:
+    """(seed, attempt_no, attempt_id, artifact_dir, state) of the attempt to show."""
+    import sqlalchemy as sa
+
+    from orchestrator.queue.schema import AttemptRow, RunRow, StudyRow
+
+    if study not in repo.study_names():
+        raise UnknownStudy(f"no study {study!r} in {repo.label}")
+    query = (sa.select(RunRow.seed, AttemptRow.attempt_no, AttemptRow.id,
+                       AttemptRow.artifact_dir, AttemptRow.state, RunRow.step_key)
+             .join(RunRow, RunRow.id == AttemptRow.run_id)
+             .join(StudyRow, StudyRow.id == RunRow.study_id)
+             .where(StudyRow.name == study, RunRow.superseded_at.is_(None)))
+    with repo.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    steps = sorted({r.step_key for r in rows})
+    rows = [r for r in rows if r.step_key == step]
+    if not rows:
+        raise UnknownStep(f"no step {step!r} in study {study} (steps: {', '.join(steps)})")
+    seeds = sorted({r.seed for r in rows})
+    pick_seed = seeds[0] if seed is None else seed
+    rows = [r for r in rows if r.seed == pick_seed]
+    if not rows:
+        raise UnknownStep(f"step {step} of {study} has no seed {seed} "
+                          f"(seeds: {', '.join(map(str, seeds))})")
+    if attempt is not None:
+        rows = [r for r in rows if r.attempt_no == attempt]
+        if not rows:
+            raise UnknownStep(f"{study} {step} seed {pick_seed} has no attempt {attempt}")
+    best = max(rows, key=lambda r: (r.artifact_dir is not None or attempt is not None,
+                                    r.attempt_no))
+    return pick_seed, best.attempt_no, best.id, best.artifact_dir, best.state
+
+
+def logs(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    step: Annotated[str, typer.Argument(help="Step name, e.g. V1.")],
+    seed: Annotated[int | None, typer.Option(help="Seed (default: the lowest).",
+                                             show_default=False)] = None,
+    attempt: Annotated[int | None, typer.Option(
+        help="Attempt number (default: the latest that ran).", show_default=False)] = None,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep printing until the attempt ends.")] = False,
+    db: DbOption = None,
+) -> None:
+    """Print an attempt's stdout.log (the trainer's output)."""
+    from orchestrator.cli.workers_cmd import open_repo
+    from workers.train.artifacts import LOG
+
+    with open_repo(db_url(db)) as repo:
+        pick_seed, no, attempt_id, artifact_dir, state = _find_attempt(
+            repo, study, step, seed, attempt)
+        if artifact_dir is None:
+            say(f"{study} {step} seed {pick_seed} attempt {no} is {state} and has not run yet")
+            return
+        path = Path(artifact_dir) / LOG
+        say(f"{path} (attempt {no}, {state})")
+        offset = 0
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                if not follow:
+                    raise RecipError(f"no log at {path}: the attempt ran on another host, or "
+                                     "its directory was moved") from None
+                chunk = b""
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+                offset += len(chunk)
+            if not follow:
+                return
+            if repo.attempt(attempt_id).state in ("succeeded", "failed", "timed_out", "lost",
+                                                  "cancelled", "queued") and not chunk:
+                return
+            time.sleep(1.0)
