@@ -11,7 +11,7 @@ from models.presets import PRESETS, TOKENIZER_VOCAB
 from orchestrator.core import ids
 from orchestrator.core.errors import SpecError, UnknownStep
 from orchestrator.core.plan import StudyPlan
-from orchestrator.core.resolve import Overrides, deep_merge, resolve
+from orchestrator.core.resolve import Overrides, check_error_location, deep_merge, resolve
 from orchestrator.core.spec import Spec
 
 BASE: dict[str, Any] = {
@@ -261,3 +261,19 @@ def test_resolve_does_not_mutate_the_spec() -> None:
     run(p, "V1")["model"]["attn_knobs"]["R"] = 99
     assert spec.model_dump() == before
     assert run(resolve(spec, presets=PRESETS, vocab=TOKENIZER_VOCAB), "V1")["model"]["attn_knobs"] == {"R": 4}
+
+
+@pytest.mark.parametrize(("step", "error", "where"), [
+    ("V3", "mlp.rmlp: unknown knob 'R_FF' for mlp mechanism 'rmlp' (known: R_ff)",
+     ("steps.V3.mlp.rmlp", "unknown knob 'R_FF' for mlp mechanism 'rmlp' (known: R_ff)")),
+    ("V3", "attention: unknown attn mechanism 'ra' (known: causal)",
+     ("steps.V1.attention.ra", "unknown attn mechanism 'ra' (known: causal)")),
+    ("V1", "R must be <= head_dim, got 4", ("steps.V1.attention.ra", "R must be <= head_dim, got 4")),
+    ("V3", "R_ff must be > 0", ("steps.V3.mlp.rmlp", "R_ff must be > 0")),
+    ("V3", "probe: not causal", ("steps.V3", "probe: not causal")),
+    ("V0", "mlp.gelu: odd", ("steps.V0", "mlp.gelu: odd")),
+    ("V9", "model: bad", ("steps.V9", "model: bad")),
+])
+def test_check_error_location(step: str, error: str, where: tuple[str, str]) -> None:
+    spec = plan_of(BASE).spec
+    assert check_error_location(spec, step, error) == where

@@ -1,0 +1,192 @@
+"""Pure renderers printed into a plain 100-column console."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from rich.console import Console, RenderableType
+
+from models.presets import PRESETS, TOKENIZER_VOCAB
+from orchestrator.cli import render
+from orchestrator.core.loader import spec_from_text
+from orchestrator.core.resolve import Overrides, resolve
+from orchestrator.core.views import RunView, Snapshot, StudyView, WorkerView
+
+NOW = datetime(2026, 3, 1, 12, 4, 31, tzinfo=UTC)
+
+
+def show(renderable: RenderableType) -> str:
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    console.print(renderable)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert all(len(line) <= 100 for line in out.splitlines())
+    return str(out)
+
+
+def runview(step: str, state: str | None, **kw: object) -> RunView:
+    base: dict[str, object] = {"study": "gpt2-rmlp", "step": step, "seed": 1, "run_id": 1,
+                               "config_hash": "a" * 64}
+    if state is not None:
+        base.update(attempt_id=1, attempt_no=1, attempts=1, state=state)
+    base.update(kw)
+    return RunView(**base)  # type: ignore[arg-type]
+
+
+def snapshot(*runs: RunView, workers: tuple[WorkerView, ...] = (),
+             db: str = "sqlite:///recip.db") -> Snapshot:
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.state or "new"] = counts.get(r.state or "new", 0) + 1
+    study = StudyView(name="gpt2-rmlp", description="", created_at=NOW, counts=counts,
+                      runs=runs)
+    return Snapshot(taken_at=NOW, db=db,
+                    studies=(study,), workers=workers)
+
+
+def test_status_table() -> None:
+    snap = snapshot(
+        runview("V0", "succeeded", worker="gpu-a:0", iter=5000, train_s=3600.0,
+                budget_s=3600.0, val_loss=3.4123, finished_at=NOW),
+        runview("V1", "running", worker="gpu-a:1", iter=2210, train_s=1620.0, budget_s=3600.0,
+                val_loss=3.588, heartbeat_at=NOW - timedelta(seconds=4),
+                lease_expires_at=NOW + timedelta(seconds=56)),
+        runview("V3", "queued"),
+        runview("V4", "failed", failure_kind="oom", attempt_no=3, flags=("diverged", "slow")),
+        runview("V5", None),
+    )
+    out = show(render.render_status(snap)).splitlines()
+    assert out[0] == ("gpt2-rmlp  1 running · 1 queued · 1 succeeded · 1 failed · 1 new   "
+                      "sqlite:///recip.db   12:04:31")
+    assert out[1].split() == ["step", "seed", "att", "state", "worker", "iter", "train",
+                              "val_loss", "heartbeat", "flags"]
+    assert out[2].split() == ["V0", "1", "1", "succeeded", "gpu-a:0", "5000", "60.0/60.0m",
+                              "3.412", "–"]
+    assert out[3].split() == ["V1", "1", "1", "running", "gpu-a:1", "2210", "27.0/60.0m",
+                              "3.588", "4s"]
+    assert out[4].split() == ["V3", "1", "1", "queued", "–", "–", "–", "–", "–"]
+    assert out[5].split() == ["V4", "1", "3", "failed:oom", "–", "–", "–", "–", "–",
+                              "diverged,", "slow"]
+    assert out[6].split() == ["V5", "1", "–", "new", "–", "–", "–", "–", "–"]
+
+
+def test_long_header_wraps_within_100_columns() -> None:
+    url = "postgresql+psycopg://bob:***@db.example.org:5432/recip"
+    out = show(render.render_status(snapshot(runview("V0", "queued"), runview("V1", "lost"),
+                                             runview("V2", "cancelled"), db=url)))
+    assert url in out
+
+
+def test_heartbeat_colours() -> None:
+    lease = timedelta(seconds=60)   # heartbeat interval = lease / 3 = 20 s
+
+    def cell(age: float, expires_in: float) -> tuple[str, str]:
+        beat = NOW - timedelta(seconds=age)
+        run = runview("V1", "running", heartbeat_at=beat,
+                      lease_expires_at=NOW + timedelta(seconds=expires_in))
+        text = render.heartbeat_cell(run, NOW)
+        return text.plain, str(text.style)
+
+    assert cell(4, 56) == ("4s", "")
+    assert cell(39, 21) == ("39s", "")
+    assert cell(41, 19) == ("41s", "yellow")
+    assert cell(70, -10) == ("70s expired", "bold red")
+    assert lease.total_seconds() == 60
+    assert render.heartbeat_cell(runview("V1", "succeeded"), NOW).plain == "–"
+    naive = runview("V1", "claimed", heartbeat_at=(NOW - timedelta(seconds=30)).replace(tzinfo=None))
+    assert render.heartbeat_cell(naive, NOW).plain == "30s"
+    assert str(render.heartbeat_cell(naive, NOW).style) == "yellow"  # default 10 s interval
+
+
+def test_workers_and_empty() -> None:
+    w = WorkerView(id="gpu-a:0", host="gpu-a", gpu="0", pid=123, started_at=NOW,
+                   last_heartbeat=NOW - timedelta(seconds=3), stopped_at=None,
+                   current_attempt=7)
+    gone = WorkerView(id="old", host="h", gpu=None, pid=None, started_at=NOW,
+                      last_heartbeat=NOW, stopped_at=NOW)
+    out = show(render.render_status(snapshot(runview("V0", "running"), workers=(w, gone))))
+    assert "workers" in out and "gpu-a:0  gpu-a  0    123  7        3s" in out
+    assert "old" not in out
+    empty = Snapshot(taken_at=NOW, db="sqlite:///x.db")
+    assert show(render.render_status(empty)).strip() == "no studies in sqlite:///x.db"
+
+
+@pytest.mark.parametrize(("fn", "arg", "text"), [
+    (render.fmt_seconds, 60, "60s"), (render.fmt_seconds, 600, "10m"),
+    (render.fmt_seconds, 150, "2.5m"), (render.fmt_seconds, 5400, "90m"),
+    (render.fmt_seconds, 36000, "10h"), (render.fmt_seconds, 9000, "2.5h"),
+    (render.fmt_count, 500, "500"), (render.fmt_count, 1500, "1.5k"),
+    (render.fmt_count, 2_000_000, "2M"), (render.fmt_count, 124_439_808, "124M"),
+    (render.fmt_budget, {"seconds": 60.0, "iters": 500, "tokens": None}, "60s|500it"),
+    (render.fmt_budget, {"seconds": None, "iters": None, "tokens": 10**9}, "1Gtok"),
+    (render.fmt_mechanisms, {"attn": "causal", "attn_knobs": {}, "mlp": "rmlp",
+                             "mlp_knobs": {"R_ff": 64, "use_mixer": True}},
+     "causal + rmlp(R_ff=64, use_mixer=true)"),
+    (render.counts_line, {"queued": 2, "lost": 0, "running": 1}, "1 running · 2 queued"),
+    (render.counts_line, {}, "no runs"),
+])
+def test_formatters(fn: object, arg: object, text: str) -> None:
+    assert fn(arg) == text  # type: ignore[operator]
+
+
+def test_fmt_train() -> None:
+    assert render.fmt_train(runview("V", "running", train_s=30.0, budget_s=60.0)) == "30.0/60.0s"
+    assert render.fmt_train(runview("V", "running", train_s=7200.0, budget_s=36000.0)) == "2.0/10.0h"
+    assert render.fmt_train(runview("V", "running", train_s=5.0, fraction=0.25)) == "25%"
+    assert render.fmt_train(runview("V", "queued")) == "–"
+
+
+SPEC = """\
+study: gpt2-rmlp
+defaults:
+  model: {preset: tiny}
+  train: {budget: {seconds: 3600}}
+steps:
+  V0: {description: baseline}
+  V1: {parent: V0, mlp: {rmlp: {R_ff: 64}}}
+  V2: {parent: V0, mlp: {rmlp: {R_ff: 64}}, train: {budget: {seconds: null, iters: 100}}}
+"""
+
+
+def test_plan_table() -> None:
+    plan = resolve(spec_from_text(SPEC), presets=PRESETS, vocab=TOKENIZER_VOCAB,
+                   overrides=Overrides(seeds=(1, 2)))
+    out = show(render.render_plan(plan, {"V0": 7_248_640, "V1": 7_200_000})).splitlines()
+    assert out[0] == f"study gpt2-rmlp   spec {plan.spec_hash[:8]}   code head"
+    assert out[1] == "overrides: --seeds 1,2"
+    assert out[2].split() == ["step", "seed", "mechanisms", "config", "budget", "gpu-h", "params"]
+    h = {(r.step, r.seed): r.config_hash[:8] for r in plan.runs}
+    assert out[3].split() == ["V0", "1", "causal", "+", "gelu", h["V0", 1], "60m", "1.00", "7,248,640"]
+    assert out[6].split() == ["V1", "2", "causal", "+", "rmlp(R_ff=64)", h["V1", 2], "60m", "1.00",
+                              "7,200,000"]
+    assert out[7].split() == ["V2", "1", "causal", "+", "rmlp(R_ff=64)", h["V2", 1], "100it", "–", "–"]
+    assert render.fmt_gpu_hours(plan.runs) == "4.00 GPU-hours + 2 runs with no time budget"
+    no_params = show(render.render_plan(plan)).splitlines()
+    assert "params" not in no_params[2]
+
+
+def test_studies_table() -> None:
+    out = show(render.render_studies(snapshot(runview("V0", "queued"), runview("V1", "lost"))))
+    assert out.splitlines()[1].split()[:5] == ["gpt2-rmlp", "2", "1", "queued", "·"]
+
+
+def test_live_redraws_until_done() -> None:
+    frames: list[int] = []
+    sleeps: list[float] = []
+
+    def frame() -> tuple[RenderableType, bool]:
+        frames.append(len(frames))
+        return render.render_status(snapshot(runview("V0", "running"))), len(frames) == 3
+
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    assert render.live(frame, interval=2.0, console=console, sleep=sleeps.append) == 3
+    assert sleeps == [2.0, 2.0]
+    assert "gpt2-rmlp" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert render.live(frame, console=console, max_frames=1, sleep=sleeps.append) == 1
+
+
+def test_make_console_is_at_most_100_wide() -> None:
+    assert render.make_console(io.StringIO()).width == 100
+    assert render.make_console(io.StringIO(), width=300).width == 100
+    assert render.make_console(io.StringIO(), width=60).width == 60

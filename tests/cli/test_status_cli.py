@@ -1,0 +1,135 @@
+"""`recip status` on a real database, with attempts driven through the real QueueRepo."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli.app import run
+from orchestrator.cli.status_cmd import snapshot_json
+from orchestrator.queue.repo import QueueRepo
+
+SPEC = """\
+study: watchme
+defaults:
+  model: {preset: tiny}
+  data: {tokenizer: byte}
+  train: {budget: {seconds: 600}}
+steps:
+  V0: {description: baseline}
+  V1: {parent: V0, mlp: {rmlp: {R_ff: 64}}}
+"""
+LEASE = timedelta(seconds=60)
+
+
+@pytest.fixture
+def study(tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]) -> Iterator[str]:
+    spec = tmp_path / "watchme.yaml"
+    spec.write_text(SPEC)
+    assert run(["queue", "submit", str(spec), "--no-check", "--db", db_url]) == 0
+    capsys.readouterr()
+    yield db_url
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def table(out: str) -> list[list[str]]:
+    """The rows under the column header (the header line above may wrap on long URLs)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["step", "seed"])
+    rows = []
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        rows.append(line.split())
+    return rows
+
+
+def test_status_of_a_queued_study(study: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["status", "--db", study]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("watchme  2 queued   ")
+    assert [row[:4] for row in table(out)] == [["V0", "1", "1", "queued"],
+                                               ["V1", "1", "1", "queued"]]
+    assert err == ""
+
+
+def test_status_shows_progress_and_reaps_expired_leases(
+        study: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with QueueRepo.open(study) as repo:
+        repo.register_worker("gpu-a:0", now(), host="gpu-a", gpu="0", pid=11)
+        repo.register_worker("gpu-a:1", now(), host="gpu-a", gpu="1", pid=12)
+        live = repo.claim("gpu-a:0", now(), LEASE)
+        assert live is not None
+        repo.start(live.attempt_id, "gpu-a:0", now(), LEASE, artifact_dir="runs/x",
+                   code_sha="abc", code_dirty=False, diff_hash=None, host="gpu-a", gpu="0",
+                   pid=101, env={})
+        repo.heartbeat(live.attempt_id, "gpu-a:0", now(), LEASE,
+                       {"iter": 2210, "train_s": 270.0, "val_loss": 3.588})
+        dead = repo.claim("gpu-a:1", now() - timedelta(minutes=10), LEASE)
+        assert dead is not None
+    assert run(["status", "watchme", "--db", study]) == 0
+    out, err = capsys.readouterr()
+    assert err == "reaped 1 expired lease\n"
+    rows = {row[0]: row for row in table(out)}
+    assert rows["V0"][:8] == ["V0", "1", "1", "running", "gpu-a:0", "2210", "4.5/10.0m",
+                              "3.588"]
+    assert rows["V0"][8] in ("0s", "1s", "2s")
+    assert rows["V1"][:4] == ["V1", "1", "2", "queued"]   # lost, then its next attempt
+    assert "workers" in out and "gpu-a:1" in out
+    # the second look reaps nothing
+    assert run(["status", "--db", study]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_status_json(study: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["status", "watchme", "--json", "--db", study]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["db"] == study
+    (s,) = data["studies"]
+    assert s["name"] == "watchme" and s["counts"] == {"queued": 2}
+    assert [(r["step"], r["seed"], r["state"], r["budget_s"]) for r in s["runs"]] == [
+        ("V0", 1, "queued", 600.0), ("V1", 1, "queued", 600.0)]
+    datetime.fromisoformat(data["taken_at"])
+    with QueueRepo.open(study) as repo:
+        assert snapshot_json(repo.snapshot(now(), "watchme"))["studies"][0]["runs"][0][
+            "config_hash"] == s["runs"][0]["config_hash"]
+
+
+def test_unknown_study_and_empty_db(sqlite_url: str, study: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["status", "nope", "--db", study]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: no study 'nope' in ")
+    assert err.rstrip().endswith("(studies: watchme)")
+    if sqlite_url != study:
+        assert run(["status", "--db", sqlite_url]) == 0
+        assert capsys.readouterr() == ("", f"no studies in {sqlite_url}; submit one with "
+                                           "`recip queue submit FILE`\n")
+
+
+def test_watch_stops_when_the_study_is_done(study: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["queue", "cancel", "watchme", "--db", study]) == 0
+    capsys.readouterr()
+    assert run(["status", "watchme", "--watch", "--db", study]) == 0
+    out = capsys.readouterr().out
+    assert "watchme  2 cancelled" in out
+
+
+def test_watch_redraws(study: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["status", "--watch", "--interval", "0", "--frames", "3", "--db", study]) == 0
+    assert "watchme  2 queued" in capsys.readouterr().out
+
+
+def test_status_on_an_unmigrated_database(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["status", "--db", f"sqlite:///{tmp_path}/none.db"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "recip db upgrade" in err
