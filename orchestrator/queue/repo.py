@@ -295,18 +295,20 @@ class QueueRepo:
             if row is None:
                 return None
             attempt_id, run_id, attempt_no = row
-            info = conn.execute(
-                sa.select(StudyRow.name, RunRow.step_key, RunRow.seed, RunRow.config_json,
-                          RunRow.config_hash, RunRow.budget_seconds, RunRow.max_attempts)
-                .join(StudyRow, StudyRow.id == RunRow.study_id)
-                .where(RunRow.id == run_id)
-            ).one()
-            previous = conn.execute(
+            previous = (
                 sa.select(AttemptRow.artifact_dir)
                 .where(AttemptRow.run_id == run_id, AttemptRow.attempt_no <= attempt_no,
                        AttemptRow.artifact_dir.is_not(None))
                 .order_by(AttemptRow.attempt_no.desc()).limit(1)
-            ).scalar_one_or_none()
+                .scalar_subquery()
+            )
+            info = conn.execute(
+                sa.select(StudyRow.name, RunRow.step_key, RunRow.seed, RunRow.config_json,
+                          RunRow.config_hash, RunRow.budget_seconds, RunRow.max_attempts,
+                          previous.label("previous"))
+                .join(StudyRow, StudyRow.id == RunRow.study_id)
+                .where(RunRow.id == run_id)
+            ).one()
             self._event(conn, [attempt_id], now, "claimed",
                         {"worker": worker_id, "lease_expires_at": expires.isoformat()})
         logger.info("attempt claimed", extra={"action": "attempt_claimed", "attempt": attempt_id,
@@ -315,7 +317,7 @@ class QueueRepo:
             attempt_id=attempt_id, attempt_no=attempt_no, run_id=run_id, study=info.name,
             step=info.step_key, seed=info.seed, config=info.config_json,
             config_hash=info.config_hash, budget_seconds=info.budget_seconds,
-            max_attempts=info.max_attempts, previous_artifact_dir=previous,
+            max_attempts=info.max_attempts, previous_artifact_dir=info.previous,
             lease_expires_at=expires,
         )
 
