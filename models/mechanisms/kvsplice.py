@@ -122,7 +122,8 @@ class KVSplice(nn.Module):
 
     def __init__(self, dim: int, knobs: SpliceKnobs):
         super().__init__()
-        assert knobs.k <= dim, f"kvsplice.k ({knobs.k}) must be <= the head dim ({dim})"
+        if knobs.k > dim:
+            raise ValueError(f"kvsplice.k ({knobs.k}) must be <= the head dim ({dim})")
         self.dim, self.knobs = dim, knobs
         K = knobs.knots
         self.register_buffer("xk", torch.linspace(-1, 1, K).repeat(dim, 1))   # (D, K)
