@@ -88,13 +88,14 @@ class Knobs:
         return frozenset({"head_gates", "latent_z"})
 
 
-def mlp_signals(cfg: GPTConfig) -> frozenset[str]:
-    """The cross-block signals the configured MLP produces (empty for MLPs that declare none)."""
+def mlp_signals(cfg: GPTConfig, which: str = "signals_produced") -> frozenset[str]:
+    """The cross-block signals the configured MLP produces (or consumes); empty for MLPs that
+    declare none."""
     from models import registry  # registry imports this module
 
     knobs = registry.make_knobs(cfg.mlp, "mlp", cfg.mlp_knobs)
-    produced = getattr(knobs, "signals_produced", None)
-    return produced() if produced is not None else frozenset()
+    f = getattr(knobs, which, None)
+    return f() if f is not None else frozenset()
 
 
 class MLAAttention(nn.Module):
@@ -121,6 +122,10 @@ class MLAAttention(nn.Module):
         self.recip_alpha_attn = nn.Parameter(torch.empty(())) if "latent_z" in signals else None
         self.ra_ct = (RACTGate(H, knobs.ra_ct_knobs(), trainable=not knobs.force_gates_open)
                       if knobs.ra_ct is not None else None)
+        # the attention matrix is materialised only when a term needs it (RA, RA-CT, or the
+        # MLP's mechanism 2); otherwise SDPA computes the same softmax(S) V with scale 1/sqrt(L)
+        self.explicit = (knobs.ra_alpha > 0 or knobs.ra_ct is not None
+                         or "attn_probs" in mlp_signals(cfg, "signals_consumed"))
         self._last: dict[str, torch.Tensor] = {}  # detached statistics of the last forward
         self.reset_mechanism_parameters()
 
@@ -155,6 +160,30 @@ class MLAAttention(nn.Module):
             q_lat = torch.einsum("bthd,hdl->bhtl", q, self.q_to_latent)  # (B, H, T, L)
         else:
             q_lat = (q @ self.q_to_latent).transpose(1, 2)  # (B, H, T, L)
+        if self.knobs.per_head_v_up:
+            v = torch.einsum("btl,hld->bhtd", c_v, self.v_up)  # (B, H, T, D)
+        else:
+            v = (c_v @ self.v_up).unsqueeze(1).expand(B, H, T, D)  # (B, H, T, D), shared by the heads
+        ctx.latent_k = c_k.detach()  # mechanism 3 of this block's MLP
+
+        g = ctx.head_gates_in
+        gate_rows = None  # (B, H, T, 1) mechanism 1: a per-(head, query row) factor on A
+        if g is not None and self.gate_alpha is not None and cs != 0.0:
+            g = g.transpose(1, 2).unsqueeze(-1)  # (B, T, H) -> (B, H, T, 1)
+            gate_rows = 1.0 - (cs * self.gate_alpha) * (1.0 - g)
+            if not torch.compiler.is_compiling():
+                self._last["head_gate_mean"] = g.detach().mean()
+
+        if not self.explicit:
+            y = F.scaled_dot_product_attention(
+                q_lat, c_k.unsqueeze(1).expand(B, H, T, L), v, is_causal=True,
+                dropout_p=self.attn_dropout.p if self.training else 0.0, scale=1.0 / math.sqrt(L),
+            )  # (B, H, T, D)
+            if gate_rows is not None:
+                y = y * gate_rows  # (A * f_row) V == f_row * (A V)
+            y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble heads side by side
+            return self.resid_dropout(self.c_proj(y))
+
         S = (q_lat @ c_k.transpose(1, 2).unsqueeze(1)) * (1.0 / math.sqrt(L))  # (B, H, T, T)
 
         i = torch.arange(T, device=x.device)
@@ -166,12 +195,8 @@ class MLAAttention(nn.Module):
         S = S.masked_fill(dist < 0, float("-inf"))
         A = F.softmax(S, dim=-1)  # (B, H, T, T)
 
-        g = ctx.head_gates_in
-        if g is not None and self.gate_alpha is not None and cs != 0.0:
-            g = g.transpose(1, 2).unsqueeze(-1)  # (B, T, H) -> (B, H, T, 1)
-            A = A * (1.0 - (cs * self.gate_alpha) * (1.0 - g))  # mechanism 1
-            if not torch.compiler.is_compiling():
-                self._last["head_gate_mean"] = g.detach().mean()
+        if gate_rows is not None:
+            A = A * gate_rows  # mechanism 1: A_h * (1 - cs*a_g*(1 - g_h))
         g_ct = None
         if self.ra_ct is not None and not gates_open:
             g_ct = self.ra_ct.gates(A)  # (B, H, T)
@@ -181,12 +206,6 @@ class MLAAttention(nn.Module):
                 self._last["ra_ct_gate_mean"] = g_ct.detach().mean()
         A = self.attn_dropout(A)
         ctx.attn_probs = A.detach()  # mechanism 2 of this block's MLP
-        ctx.latent_k = c_k.detach()  # mechanism 3 of this block's MLP
-
-        if self.knobs.per_head_v_up:
-            v = torch.einsum("btl,hld->bhtd", c_v, self.v_up)  # (B, H, T, D)
-        else:
-            v = (c_v @ self.v_up).unsqueeze(1)  # (B, 1, T, D), shared by the heads
         y = A @ v  # (B, H, T, D)
         if g_ct is not None and self.ra_ct.knobs.apply == "output":
             y = self.ra_ct.on_output(y, g_ct)

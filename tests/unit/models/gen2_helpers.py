@@ -31,6 +31,11 @@ def same_weights(src: GPT, c: GPTConfig) -> GPT:
     own = dst.state_dict()
     shared = {k: v for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape}
     dst.load_state_dict(shared, strict=False)
+    # same kernel too: MLA materialises A only when a term needs it, else it calls SDPA; the
+    # identities below are exact only within one path (test_mla checks the paths agree)
+    for a, b in zip(src.transformer.h, dst.transformer.h, strict=True):
+        if hasattr(a.attn, "explicit") and hasattr(b.attn, "explicit"):
+            b.attn.explicit = a.attn.explicit
     return dst
 
 

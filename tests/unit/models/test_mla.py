@@ -38,11 +38,14 @@ def mla_layer_params(E: int, H: int, L: int, per_head_q: bool = True, per_head_v
 def test_shapes_and_latent_exports():
     c = cfg(attn_knobs=dict(latent_dim=L))
     torch.manual_seed(0)
-    attn = MLAAttention(c, Knobs(latent_dim=L), layer_idx=0)
+    attn = MLAAttention(c, Knobs(latent_dim=L, ra_alpha=0.3), layer_idx=0)
     x = torch.randn(3, 20, N_EMBD)
     ctx = BlockContext()
     y = attn(x, ctx)
     assert y.shape == (3, 20, N_EMBD)
+    plain_ctx = BlockContext()
+    assert MLAAttention(c, Knobs(latent_dim=L), layer_idx=0)(x, plain_ctx).shape == (3, 20, N_EMBD)
+    assert plain_ctx.attn_probs is None and plain_ctx.latent_k.shape == (3, 20, L)  # SDPA path
     assert ctx.attn_probs.shape == (3, N_HEAD, 20, 20) and not ctx.attn_probs.requires_grad
     assert ctx.latent_k.shape == (3, 20, L) and not ctx.latent_k.requires_grad
     torch.testing.assert_close(ctx.attn_probs.sum(-1), torch.ones(3, N_HEAD, 20))
@@ -109,6 +112,24 @@ def test_gen2_ra_equals_the_slow_float64_band_transpose(W):
     with torch.no_grad():
         plain = attn(x, BlockContext(coupling_scale=0.0))
     assert ((plain - slow).norm() / slow.norm()).item() > 1e-3
+
+
+def test_sdpa_path_equals_the_explicit_attention_matrix():
+    # plain MLA (and MLA + mechanisms 1/3) runs through SDPA; with mechanism 1 gating the rows
+    m = build(cfg(attn_knobs=dict(latent_dim=L), mlp="reciprocal_mlp", mlp_knobs=dict(gate=True, recip=True)))
+    assert not any(b.attn.explicit for b in m.transformer.h)
+    m = m.double()
+    idx = tokens()
+    fast = logits(m, idx)
+    for b in m.transformer.h:
+        b.attn.explicit = True
+    slow = logits(m, idx)
+    rel = ((fast - slow).norm() / slow.norm()).item()
+    print(f"SDPA vs explicit: rel {rel:.2e}")
+    assert rel < 1e-12
+    for knobs in (dict(ra_alpha=0.1), dict(ra_ct="max")):
+        assert all(b.attn.explicit for b in build(cfg(attn_knobs=dict(latent_dim=L, **knobs))).transformer.h)
+    assert all(b.attn.explicit for b in build(cfg(mlp="reciprocal_mlp", mlp_knobs=dict(cross=True))).transformer.h)
 
 
 @pytest.mark.parametrize("knobs", [

@@ -1,0 +1,211 @@
+"""Training-step time of every registered attention and MLP variant relative to the GPT-2 baseline.
+
+    python -m bench.mechanisms_bench [--quick] [--device cpu|cuda] [--sizes tiny,small]
+
+One step = zero_grad + forward + backward + AdamW step, warm. Variants are timed in interleaved
+rounds (each round visits every variant, in a rotated order) and the reported ratio is the
+median over rounds of (variant step / baseline step in the same round), so a slow spell of a
+shared machine hits both sides of a ratio (design.md §8: single CPU steps spike 1.5-2x).
+
+Every mechanism in `models.registry` is benchmarked, Gen-3 ones included: `KNOB_SETS` names
+the knob sets worth timing per mechanism; a registered name missing there runs with its
+default knobs. A variant is built with the other slot at its baseline (`causal` / `gelu`);
+MLP variants whose mechanisms need MLA run on `mla` and are also reported against `mla + gelu`.
+Results: a table on stdout and bench/results/mechanisms.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import registry
+from models.config import GPTConfig
+from models.gpt2 import GPT
+from models.presets import PRESETS, TOKENIZER_VOCAB
+
+# knob sets per mechanism (label suffix, knobs); names absent here run with default knobs
+KNOB_SETS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "mla": [("", {"latent_dim": 64}), ("+ra", {"latent_dim": 64, "ra_alpha": 0.3}),
+            ("+ra_ct", {"latent_dim": 64, "ra_ct": "topk"})],
+    "reciprocal_mlp": [("(gate)", {"gate": True}), ("(cross)", {"cross": True}),
+                       ("(cross r=64)", {"cross": True, "cross_rank": 64}), ("(recip)", {"recip": True}),
+                       ("(all)", {"gate": True, "cross": True, "recip": True})],
+    "unified_ra": [("(free)", {"fold": "free"}), ("(shared)", {"fold": "shared"}),
+                   ("(free+rwr)", {"fold": "free", "self_restart": True})],
+    "rmlp": [("", {}), ("(mixer)", {"use_mixer": True})],
+    "kv_prune": [("", {})],
+}
+BATCH = {"tiny": 8, "small": 4}
+BASELINE = ("causal", {}, "gelu", {})
+MLA_REF = ("mla", {"latent_dim": 64}, "gelu", {})
+
+
+@dataclass
+class Variant:
+    label: str
+    attn: str
+    attn_knobs: dict[str, Any]
+    mlp: str
+    mlp_knobs: dict[str, Any]
+    ref: str = "baseline"
+    times: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def variants() -> list[Variant]:
+    out = [Variant("baseline", *BASELINE), Variant("mla+gelu (ref)", *MLA_REF)]
+    for name in registry.names("attn"):
+        if name == "causal":
+            continue
+        for suffix, knobs in KNOB_SETS.get(name, [("", {})]):
+            if name == "mla" and suffix == "":
+                continue  # that is the mla reference row
+            out.append(Variant(f"{name}{suffix}", name, knobs, "gelu", {},
+                               ref="mla+gelu (ref)" if name == "mla" else "baseline"))
+    for name in registry.names("mlp"):
+        if name == "gelu":
+            continue
+        for suffix, knobs in KNOB_SETS.get(name, [("", {})]):
+            out.append(Variant(f"{name}{suffix}", "causal", {}, name, knobs))
+    return out
+
+
+def build(v: Variant, size: str, device: str) -> tuple[GPT, Variant]:
+    shape = dict(PRESETS[size], dropout=0.0, vocab_size=TOKENIZER_VOCAB["byte"])
+    for attn, attn_knobs, ref in ((v.attn, v.attn_knobs, v.ref), *((("mla", MLA_REF[1], "mla+gelu (ref)"),)
+                                                                   if v.attn == "causal" else ())):
+        try:
+            cfg = GPTConfig(**shape, attn=attn, attn_knobs=attn_knobs, mlp=v.mlp, mlp_knobs=v.mlp_knobs)
+            torch.manual_seed(0)
+            model = GPT(cfg).to(device)
+        except (ValueError, TypeError) as e:
+            v.error = str(e).splitlines()[0]
+            continue
+        v.attn, v.attn_knobs, v.ref, v.error = attn, attn_knobs, ref, None
+        if attn == "mla" and v.mlp != "gelu":
+            v.label = f"mla+{v.label}"
+        return model, v
+    raise ValueError(v.error)
+
+
+def make_step(model: GPT, batch: tuple[torch.Tensor, torch.Tensor], device: str):
+    opt = torch.optim.AdamW(model.optim_groups(0.1), lr=1e-4, fused=device == "cuda")
+    x, y = batch
+    model.train()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                _, loss = model(x, y)
+        else:
+            _, loss = model(x, y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_size(size: str, device: str, rounds: int, inner: int, warmup: int) -> list[dict[str, Any]]:
+    T = int(PRESETS[size]["block_size"])  # type: ignore[arg-type]
+    B = BATCH.get(size, 4) * (8 if device == "cuda" else 1)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, TOKENIZER_VOCAB["byte"], (B, T + 1), generator=g)
+    batch = (idx[:, :-1].contiguous().to(device), idx[:, 1:].contiguous().to(device))
+    live: list[tuple[Variant, Any]] = []
+    failed: list[Variant] = []
+    for v in variants():
+        try:
+            model, v = build(v, size, device)
+        except ValueError:
+            failed.append(v)
+            continue
+        step = make_step(model, batch, device)
+        for _ in range(warmup):
+            step()
+        live.append((v, step))
+    sync(device)
+    for r in range(rounds):
+        order = live[r % len(live):] + live[: r % len(live)]
+        for v, step in order:
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                step()
+            sync(device)
+            v.times.append((time.perf_counter() - t0) / inner)
+    by_label = {v.label: v for v, _ in live}
+    rows = []
+    for v, _ in live:
+        ref = by_label[v.ref]
+        base = by_label["baseline"]
+        rows.append({
+            "size": size, "variant": v.label, "attn": v.attn, "attn_knobs": v.attn_knobs,
+            "mlp": v.mlp, "mlp_knobs": v.mlp_knobs, "ref": v.ref,
+            "median_ms": 1e3 * statistics.median(v.times),
+            "ratio_vs_baseline": statistics.median(a / b for a, b in zip(v.times, base.times, strict=True)),
+            "ratio_vs_ref": statistics.median(a / b for a, b in zip(v.times, ref.times, strict=True)),
+            "rounds": len(v.times),
+        })
+    for v in failed:
+        rows.append({"size": size, "variant": v.label, "attn": v.attn, "mlp": v.mlp, "error": v.error})
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'size':6} {'variant':34} {'ms/step':>9} {'x baseline':>10} {'x ref':>7}  ref"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['size']:6} {r['variant']:34} {'-':>9} {'-':>10} {'-':>7}  error: {r['error']}")
+            continue
+        lines.append(f"{r['size']:6} {r['variant']:34} {r['median_ms']:9.1f} {r['ratio_vs_baseline']:10.3f} "
+                     f"{r['ratio_vs_ref']:7.3f}  {r['ref']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--sizes", default="tiny,small")
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "mechanisms.json"))
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (5 if args.quick else 15)
+    inner, warmup = (1, 2) if args.quick else (2, 3)
+    if args.device == "cuda":
+        inner, warmup = inner * 5, warmup * 5
+    rows: list[dict[str, Any]] = []
+    t0 = time.time()
+    for size in args.sizes.split(","):
+        rows += bench_size(size.strip(), args.device, rounds, inner, warmup)
+    print(render(rows))
+    result = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "tokenizer": "byte",
+        "vocab_size": TOKENIZER_VOCAB["byte"], "batch": {s: BATCH.get(s, 4) for s in args.sizes.split(",")},
+        "rounds": rounds, "inner": inner, "quick": args.quick, "seconds": round(time.time() - t0, 1),
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out} ({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
