@@ -118,8 +118,10 @@ class QueueRepo:
     def _tx(self, *, read_only: bool = False) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
-                if read_only:
-                    conn.execution_options(**{READ_ONLY: True})
+                if read_only:  # one consistent view across the read's queries
+                    conn.execution_options(**{READ_ONLY: True}, **(
+                        {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+                        if self.dialect == "postgresql" else {}))
                 with conn.begin():
                     yield conn
         except exc.DBAPIError as e:
