@@ -154,6 +154,13 @@ class QueueRepo:
                 for a in attempt_ids
             ])
 
+    def _lock_study(self, conn: Connection, study: str) -> None:
+        """Serialise study-wide changes (submit, resume) on PostgreSQL; SQLite's write
+        transactions are serial already."""
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:n))"),
+                         {"n": f"recip-study:{study}"})
+
     # -- submit -------------------------------------------------------------------------
 
     def submit(self, plan: StudyPlan, now: datetime) -> SubmitResult:
@@ -169,9 +176,7 @@ class QueueRepo:
                 raise QueueError(f"plan {plan.name!r} has step {r.step!r} seed {r.seed} twice")
             seen.add((r.step, r.seed))
         with self._tx() as conn:
-            if self.dialect == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:n))"),
-                             {"n": f"recip-study:{plan.name}"})
+            self._lock_study(conn, plan.name)
             values = {
                 "description": plan.description, "spec_hash": plan.spec_hash,
                 "spec_json": plan.spec, "source": plan.source, "code_policy": plan.code_policy,
@@ -560,6 +565,7 @@ class QueueRepo:
             wanted = set(states)
         created: list[tuple[str, int, int]] = []
         with self._tx() as conn:
+            self._lock_study(conn, study)
             sid = self._study_id(conn, study)
             self._check_steps(conn, sid, study, steps)
             query = (sa.select(RunRow.id, RunRow.step_key, RunRow.seed)
