@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,14 @@ def test_a_database_without_tables_names_the_upgrade_command(tmp_path, fake_cloc
             repo.snapshot(fake_clock.now())
     finally:
         repo.close()
+
+
+def test_dropped_server_connections_are_replaced(pg_url, pg_admin, plan_factory, fake_clock):
+    """A PostgreSQL restart kills every session; the pool's pre-ping reconnects."""
+    with QueueRepo.open(pg_url) as repo:
+        repo.submit(plan_factory(steps=("V0",)), fake_clock.now())
+        name = sa.make_url(pg_url).database
+        pg_admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+        assert repo.claim("w1", fake_clock.now(), timedelta(seconds=60)) is not None
+        assert repo.study_names() == ["study"]
