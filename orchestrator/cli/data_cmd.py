@@ -83,4 +83,4 @@ def render_datasets(infos: list[DatasetInfo]) -> str:
     rows = [(i.dataset, i.tokenizer, f"{i.meta.get('documents', 0):,}", f"{i.train_tokens:,}",
              f"{i.val_tokens:,}", str(i.path)) for i in infos]
     widths = [max(len(r[c]) for r in [head, *rows]) for c in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [head, *rows])
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows])

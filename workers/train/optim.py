@@ -113,7 +113,7 @@ class AdamWSPAM(torch.optim.AdamW):
         try:
             super().step()
         finally:
-            for g, lr in zip(self.param_groups, scheduled):
+            for g, lr in zip(self.param_groups, scheduled, strict=True):
                 g["lr"] = lr
         return None
 

@@ -18,7 +18,7 @@ def test_batch_shapes_and_next_token_targets(tmp_path: Path):
     b = Batches(tmp_path, block_size=16, batch_size=4, seed=1)
     x, y = b.next()
     assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
-    for row_x, row_y in zip(x.tolist(), y.tolist()):
+    for row_x, row_y in zip(x.tolist(), y.tolist(), strict=False):
         i = row_x[0]
         assert row_x == list(range(i, i + 16)) and row_y == list(range(i + 1, i + 17))
         assert 0 <= i <= 5000 - 16 - 1
@@ -51,7 +51,7 @@ def test_eval_batches_are_fixed_and_do_not_move_training(token_dir: Path):
     first = [x for x, _ in b.eval_batches("val", 3)]
     b.next()
     again = [x for x, _ in b.eval_batches("val", 3)]
-    assert all(torch.equal(p, q) for p, q in zip(first, again))
+    assert all(torch.equal(p, q) for p, q in zip(first, again, strict=False))
     fresh = Batches(token_dir, 16, 4, seed=3)
     fresh.next()
     _ = list(b.eval_batches("train", 2)), b.sample("val")

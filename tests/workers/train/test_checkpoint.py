@@ -12,7 +12,12 @@ import torch
 from models.config import GPTConfig
 from models.gpt2 import GPT
 from workers.train.budget import Clock, FakeTime
-from workers.train.checkpoint import CheckpointCorrupt, load_checkpoint, read_checkpoint, save_checkpoint
+from workers.train.checkpoint import (
+    CheckpointCorrupt,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from workers.train.data import Batches
 from workers.train.optim import AdamWSPAM
 

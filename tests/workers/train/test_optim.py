@@ -33,7 +33,7 @@ def test_all_parts_off_equals_torch_adamw_amsgrad():
         _grads(step, ref_p)
         ours.step()
         ref.step()
-    for a, b in zip(ours_p, ref_p):
+    for a, b in zip(ours_p, ref_p, strict=False):
         assert torch.equal(a, b)
     assert ours.spikes == ours.resets == ours.clipped == 0
 
@@ -50,7 +50,7 @@ def test_element_clip_bounds_gradients_by_the_second_moment():
     small = params[1].grad.clone()
     opt.step()
     thr = [(50.0 * (vi + 1e-12)).sqrt() for vi in v]
-    for p, t in zip(params, thr):
+    for p, t in zip(params, thr, strict=False):
         assert (p.grad.abs() <= t * (1 + 1e-6)).all()
     assert params[0].grad[0, 0].item() == pytest.approx(thr[0][0, 0].item(), rel=1e-6)
     assert opt.clipped >= 1
@@ -72,7 +72,7 @@ def test_planted_spike_triggers_the_soft_reset():
     g = [p.grad.clone() for p in params]
     opt.step()
     assert opt.spikes == 1
-    for p, m, v, gi in zip(params, m_prev, v_prev, g):
+    for p, m, v, gi in zip(params, m_prev, v_prev, g, strict=False):
         # soft reset (m *= 0.5, v *= 0.9) happens before this step's moment update
         torch.testing.assert_close(opt.state[p]["exp_avg"], B1 * 0.5 * m + (1 - B1) * gi)
         torch.testing.assert_close(opt.state[p]["exp_avg_sq"], B2 * 0.9 * v + (1 - B2) * gi * gi)
@@ -132,7 +132,7 @@ def test_global_clip_and_non_finite_norm_skips_the_update():
     params[0].grad[0, 0] = float("nan")
     opt.step()
     assert opt.skipped == 1 and not math.isfinite(opt.last_grad_norm)
-    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    assert all(torch.equal(a, b) for a, b in zip(before, params, strict=False))
 
 
 def test_state_dict_roundtrip_with_weights_only_load():
@@ -155,4 +155,4 @@ def test_state_dict_roundtrip_with_weights_only_load():
         _grads(step, params2)
         opt.step()
         opt2.step()
-    assert all(torch.equal(a, b) for a, b in zip(params, params2))
+    assert all(torch.equal(a, b) for a, b in zip(params, params2, strict=False))

@@ -26,7 +26,7 @@ def test_budget_horizon_anneals_to_min_lr_with_time():
     assert lrs[1] == pytest.approx(6e-5 + 0.5 * (6e-4 - 6e-5))  # time wins: 0.5
     assert abs(lrs[2] - 6e-5) / 6e-5 < 0.10
     assert lrs[3] == pytest.approx(6e-5)
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
 def test_budget_horizon_with_iteration_budget_ends_at_min_lr():
