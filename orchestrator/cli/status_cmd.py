@@ -59,10 +59,12 @@ def status(
     frames: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Every study's runs: state, worker, iteration, budget used, val loss, heartbeat, flags."""
+    if json_out and watch:
+        raise typer.BadParameter("--json prints one snapshot; drop --watch", param_hint="--json")
     from orchestrator.queue.repo import QueueRepo
 
     with QueueRepo.open(db_url(db)) as repo:
-        if json_out and not watch:
+        if json_out:
             emit_json(snapshot_json(take_snapshot(repo, study)))
             return
         from orchestrator.cli import render

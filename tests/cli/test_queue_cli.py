@@ -213,7 +213,6 @@ def test_cancel(spec_file: Path, db_url: str, capsys: pytest.CaptureFixture[str]
 
 def test_submit_runs_the_model_check(tmp_path: Path, sqlite_url: str,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("workers.check", reason="workers.check is not built yet")
     bad = tmp_path / "bad.yaml"
     bad.write_text(SPEC.replace("R_ff: 64", "R_FF: 64"))
     before = row_counts(sqlite_url)

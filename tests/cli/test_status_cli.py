@@ -128,6 +128,12 @@ def test_watch_redraws(study: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert "watchme  2 queued" in capsys.readouterr().out
 
 
+def test_json_and_watch_do_not_combine(study: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["status", "--json", "--watch", "--db", study]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--json prints one snapshot; drop --watch" in err
+
+
 def test_status_on_an_unmigrated_database(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["status", "--db", f"sqlite:///{tmp_path}/none.db"]) == 1
