@@ -139,3 +139,21 @@ def test_status_on_an_unmigrated_database(tmp_path: Path,
     assert run(["status", "--db", f"sqlite:///{tmp_path}/none.db"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "recip db upgrade" in err
+
+
+def test_status_and_unchecked_plan_never_import_torch(sqlite_url: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    spec = tmp_path / "watchme.yaml"
+    spec.write_text(SPEC)
+    code = (
+        "import sys\n"
+        "from orchestrator.cli.app import run\n"
+        f"assert run(['status', '--db', {sqlite_url!r}]) == 0\n"
+        f"assert run(['queue', 'submit', {str(spec)!r}, '--plan', '--no-check']) == 0\n"
+        "print(sorted(m for m in ('torch', 'ray', 'workers.check') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[2])
+    assert out.stdout.strip().splitlines()[-1] == "[]"
