@@ -30,6 +30,9 @@ QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    # Ray's C++ failure handler would turn the SIGTERM of `recip workers down` into a crash
+    # of the driver; without it the CLI's handler stops the workers cleanly.
+    "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
 }
 
 
