@@ -21,6 +21,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,8 @@ KNOB_SETS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "kv_prune": [("", {})],
 }
 BATCH = {"tiny": 8, "small": 4}
-BASELINE = ("causal", {}, "gelu", {})
-MLA_REF = ("mla", {"latent_dim": 64}, "gelu", {})
+BASELINE: tuple[str, dict[str, Any], str, dict[str, Any]] = ("causal", {}, "gelu", {})
+MLA_REF: tuple[str, dict[str, Any], str, dict[str, Any]] = ("mla", {"latent_dim": 64}, "gelu", {})
 
 
 @dataclass
@@ -80,7 +81,7 @@ def variants() -> list[Variant]:
 
 
 def build(v: Variant, size: str, device: str) -> tuple[GPT, Variant]:
-    shape = dict(PRESETS[size], dropout=0.0, vocab_size=TOKENIZER_VOCAB["byte"])
+    shape: dict[str, Any] = dict(PRESETS[size], dropout=0.0, vocab_size=TOKENIZER_VOCAB["byte"])
     for attn, attn_knobs, ref in ((v.attn, v.attn_knobs, v.ref), *((("mla", MLA_REF[1], "mla+gelu (ref)"),)
                                                                    if v.attn == "causal" else ())):
         try:
@@ -97,7 +98,7 @@ def build(v: Variant, size: str, device: str) -> tuple[GPT, Variant]:
     raise ValueError(v.error)
 
 
-def make_step(model: GPT, batch: tuple[torch.Tensor, torch.Tensor], device: str):
+def make_step(model: GPT, batch: tuple[torch.Tensor, torch.Tensor], device: str) -> Callable[[], None]:
     opt = torch.optim.AdamW(model.optim_groups(0.1), lr=1e-4, fused=device == "cuda")
     x, y = batch
     model.train()
@@ -121,7 +122,7 @@ def sync(device: str) -> None:
 
 
 def bench_size(size: str, device: str, rounds: int, inner: int, warmup: int) -> list[dict[str, Any]]:
-    T = int(PRESETS[size]["block_size"])  # type: ignore[arg-type]
+    T = int(str(PRESETS[size]["block_size"]))
     B = BATCH.get(size, 4) * (8 if device == "cuda" else 1)
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, TOKENIZER_VOCAB["byte"], (B, T + 1), generator=g)

@@ -9,6 +9,7 @@ Steps whose resolved models are identical are flagged.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -296,6 +297,22 @@ def _same_output(a: GPT, b: GPT, idx: torch.Tensor) -> bool:
         b.float()
 
 
+def _same_after_a_step(a: GPT, b: GPT, idx: torch.Tensor) -> bool:
+    """Equal outputs after one SGD step of copies of both on the same batch: a knob may be the
+    identity at init (an identity mixer, a frozen or learned scalar) and still change training."""
+    a, b = copy.deepcopy(a), copy.deepcopy(b)
+    x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+    for m in (a, b):
+        m.train()
+        params = [p for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=1.0)
+        _, loss = m(x, y)
+        loss.backward()
+        opt.step()
+        m.eval()
+    return _same_output(a, b, idx)
+
+
 def _enabling(default: Any, value: Any) -> bool:
     """A knob switches something on when its default is off (False/None/0) and its value is not."""
     return (default is None or default is False or default == 0) and value not in (None, False, 0, 0.0)
@@ -321,8 +338,9 @@ def probe_inert_knobs(model: GPT, cfg: GPTConfig, slot: str, word: str, idx: tor
             continue
         own = other.state_dict()
         other.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
-        if _same_output(other, model, idx):
-            what = f"{word}.{name}.{knob}={value!r} does not change the output (same weights with {knob}={defaults[knob]!r})"
+        if _same_output(other, model, idx) and _same_after_a_step(other, model, idx):
+            what = (f"{word}.{name}.{knob}={value!r} changes neither the output nor a training step "
+                    f"(same weights with {knob}={defaults[knob]!r})")
             if forced:
                 probe.warnings.append(f"{what}: force_gates_open makes it the identity (§5)")
             else:
