@@ -62,7 +62,10 @@ def setup_device(device: str = "auto", dtype: str = "auto", compile: bool = Fals
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
         tf32 = True
-    setup = DeviceSetup(device=dev, dtype=torch_dtype, fused_adamw=dev.type == "cuda", compile=compile)
+    # torch.compile on CPU needs a C++ toolchain and minutes of inductor work per graph on
+    # these small machines; it is a CUDA option (design.md §4), so a CPU run ignores it
+    use_compile = compile and dev.type == "cuda"
+    setup = DeviceSetup(device=dev, dtype=torch_dtype, fused_adamw=dev.type == "cuda", compile=use_compile)
     setup.precision = {
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
@@ -71,7 +74,8 @@ def setup_device(device: str = "auto", dtype: str = "auto", compile: bool = Fals
         "tf32": tf32,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "fused_adamw": setup.fused_adamw,
-        "compile": compile,
+        "compile": use_compile,
+        "compile_requested": compile,
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }

@@ -159,8 +159,10 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
                           "val_ppl": math.exp(min(st.val_loss, 20.0)), "best_val_loss": st.best_val_loss}
                 values.update({f"stats/{k}": v for k, v in model.mechanism_stats().items()})
                 sink.log(st.it, st.tokens, clock.train_s, values)
+                best = st.best_val_loss if st.best_val_loss is not None else float("nan")
                 log(f"eval {st.it:05d} | train {st.train_loss:.4f} | val {st.val_loss:.4f} | "
-                    f"best {st.best_val_loss:.4f} | {budget.describe(clock.train_s, st.it)}")
+                    f"best {best:.4f} | {budget.describe(clock.train_s, st.it)}")
+                report("training")
 
         # ------------------------------------------------------------------------------
         # CHECKPOINT: every checkpoint_every iterations (default: at each eval), at the end,
@@ -169,6 +171,7 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
             with clock.paused():
                 report("checkpoint")
                 checkpoint()
+                report("training")
 
         # ------------------------------------------------------------------------------
         # END: post-training hooks of the mechanisms (e.g. KVSplice calibration), then stop

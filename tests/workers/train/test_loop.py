@@ -214,3 +214,15 @@ def test_jsonl_sink_writes_append_only_records(tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert recs[0] == {"iter": 3, "tokens": 96, "train_s": 1.5, "values": {"loss": 2.5, "bad": None}}
     assert recs[1]["iter"] == 4 and not math.isnan(recs[1]["values"]["loss"])
+
+
+def test_cpu_setup_is_float32_without_compile_and_sets_no_global_state():
+    before = torch.get_float32_matmul_precision()
+    dev = setup_device("auto", "auto", compile=True)
+    if dev.is_cuda:
+        pytest.skip("CPU-only check")
+    assert dev.dtype == torch.float32 and not dev.compile and not dev.fused_adamw
+    assert dev.precision["compile_requested"] is True and dev.precision["compile"] is False
+    assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(ValueError, match="no CUDA device is visible"):
+        setup_device("cuda")
