@@ -32,6 +32,7 @@ from orchestrator.cli import (
     db_cmd,
     queue_cmd,
     report_cmd,
+    resume_cmd,
     run_cmd,
     status_cmd,
     workers_cmd,
@@ -64,6 +65,7 @@ status_cmd.register(app)
 run_cmd.register(app)
 check_cmd.register(app)
 report_cmd.register(app)
+resume_cmd.register(app)
 
 
 def run(argv: list[str] | None = None) -> int:

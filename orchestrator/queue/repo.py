@@ -33,8 +33,9 @@ from orchestrator.core.plan import StudyPlan
 from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
 from orchestrator.core.states import TERMINAL, AttemptState, FailureKind, can_transition
 from orchestrator.core.views import Snapshot
-from orchestrator.queue import reads
+from orchestrator.queue import history, reads
 from orchestrator.queue.db import READ_ONLY, describe_error, make_engine, redact_url
+from orchestrator.queue.history import StudyHistory
 from orchestrator.queue.schema import (
     AttemptRow,
     EventRow,
@@ -277,8 +278,8 @@ class QueueRepo:
         a commit are only claimed by a worker whose `code_sha` matches."""
         now = _aware(now)
         eligible = StudyRow.code_policy != "pinned"
-        if code_sha is not None:
-            eligible = sa.or_(eligible, StudyRow.pinned_sha == code_sha)
+        if code_sha is not None:  # pinned_sha may be abbreviated (hex only: no LIKE wildcards)
+            eligible = sa.or_(eligible, sa.literal(code_sha).startswith(StudyRow.pinned_sha))
         pick = (
             sa.select(AttemptRow.id)
             .join(RunRow, RunRow.id == AttemptRow.run_id)
@@ -351,7 +352,8 @@ class QueueRepo:
         return [r[0] for r in rows]
 
     def _queue_next(self, conn: Connection, run_id: int, now: datetime, *, reason: str,
-                    after: int | None, bounded: bool = True) -> int | None:
+                    after: int | None, bounded: bool = True,
+                    payload: dict[str, Any] | None = None) -> int | None:
         """Queue attempt_no+1 of `run_id` unless bounded by max_attempts or superseded."""
         run = conn.execute(
             sa.select(RunRow.max_attempts, RunRow.priority, RunRow.superseded_at)
@@ -369,7 +371,8 @@ class QueueRepo:
                                          priority=run.priority, created_at=now)
             .returning(AttemptRow.id)
         ).scalar_one()
-        self._event(conn, [attempt_id], now, "queued", {"reason": reason, "after": after})
+        self._event(conn, [attempt_id], now, "queued",
+                    {**(payload or {}), "reason": reason, "after": after})
         return attempt_no
 
     def _fenced(self, conn: Connection, attempt_id: int, worker_id: str,
@@ -547,11 +550,12 @@ class QueueRepo:
 
     def new_attempts(self, study: str, now: datetime, *, steps: Sequence[str] | None = None,
                      states: Sequence[str] | None = None,
-                     force: bool = False) -> list[tuple[str, int, int]]:
+                     force: bool = False,
+                     payload: dict[str, Any] | None = None) -> list[tuple[str, int, int]]:
         """Queue attempt_no+1 for each current run with nothing live and no success (any run,
         with `force`) whose latest attempt ended in one of `states` (default: any terminal
         state but succeeded; with `force`, any terminal state). Idempotent; returns
-        (step, seed, attempt_no) created."""
+        (step, seed, attempt_no) created. `payload` is added to each `queued` event."""
         now = _aware(now)
         if states is None:
             wanted = {s.value for s in TERMINAL}
@@ -590,7 +594,7 @@ class QueueRepo:
                 if seen and seen[-1] not in wanted:
                     continue
                 no = self._queue_next(conn, run_id, now, reason="rerun" if force else "resume",
-                                      after=None, bounded=False)
+                                      after=None, bounded=False, payload=payload)
                 assert no is not None
                 created.append((step, seed, no))
         return created
@@ -654,6 +658,15 @@ class QueueRepo:
         `prefix` (all when neither is given)."""
         with self._tx(read_only=True) as conn:
             return reads.metric_series(conn, attempt_ids, names, prefix)
+
+    def history(self, study: str, steps: Sequence[str] | None = None,
+                seed: int | None = None) -> StudyHistory:
+        """Every attempt of the study's runs (superseded runs included), with provenance;
+        UnknownStudy / UnknownStep when the names do not exist."""
+        with self._tx(read_only=True) as conn:
+            sid = self._study_id(conn, study)
+            self._check_steps(conn, sid, study, steps)
+            return history.study_history(conn, sid, steps, seed)
 
     def events(self, attempt_id: int) -> list[dict[str, Any]]:
         """The attempt's events, oldest first: {id, at, kind, payload}."""
