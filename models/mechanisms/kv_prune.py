@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -44,6 +44,9 @@ CACHE_DTYPE_BYTES = 2  # bf16 inference cache
 
 @dataclass(frozen=True, kw_only=True)
 class Knobs:
+    POST_TRAIN: ClassVar[frozenset[str]] = frozenset({"kvsplice"})
+    """Knobs that act only after training (post_train), invisible to a training forward."""
+
     k: int | None = None
     """Cache size in tokens (fixed k, e.g. 391 at T = 1024); null = int(keep_ratio * T)."""
     keep_ratio: float = 0.382

@@ -18,7 +18,7 @@ Injection (`inject`), since up_low is linear up_low(u + a r) = up_low(u) + a W_l
 - `none`: folded R-MLP (§8.1, V3-V6).
 - `attn`: attention-injected R-MLP (§8.2): r = this block's attention output ctx.attn_out.
 - `prev_attn`: the seed-003 variant (§8.3, decision 5): r = the previous block's attention
-  output ctx.prev_attn_out (block 0 has none and runs the folded form). `w_rec_frozen`
+  output ctx.prev_attn_out (block 0 has none: folded form, no attn_scale). `w_rec_frozen`
   keeps w_rec at its init (V17); learned = V18.
 `tie_to_attn_proj` (§8.2): no up_low weight; the low branch uses the first R_ff rows of THIS
 block's attention c_proj weight (shared parameter; the Block binds it via `bind_attention`).
@@ -99,7 +99,9 @@ class ReciprocalMLP(nn.Module):
         self.mixer = nn.Linear(R, R, bias=False) if knobs.use_mixer else None
         self.gate_alpha = nn.Parameter(torch.empty(())) if knobs.gate_mode == "scalar" else None
         self.gate_proj = nn.Linear(cfg.n_embd, 1, bias=True) if knobs.gate_mode == "token" else None
-        self.attn_scale = nn.Parameter(torch.empty(())) if knobs.inject != "none" else None
+        # block 0 has no previous attention: no attn_scale there (a parameter must act)
+        reads = knobs.inject == "attn" or (knobs.inject == "prev_attn" and layer_idx > 0)
+        self.attn_scale = nn.Parameter(torch.empty(())) if reads else None
         self._attn = None  # the Block's attention module for tie_to_attn_proj (not a submodule)
 
     def bind_attention(self, attn: nn.Module):
@@ -148,8 +150,9 @@ class ReciprocalMLP(nn.Module):
         if self.knobs.inject == "attn":
             r = ctx.attn_out
             assert r is not None, "inject=attn needs ctx.attn_out (set by the Block)"
-        elif self.knobs.inject == "prev_attn":
-            r = ctx.prev_attn_out  # None in block 0: no previous attention
+        elif self.attn_scale is not None:  # prev_attn, blocks 1..L-1
+            r = ctx.prev_attn_out
+            assert r is not None, "inject=prev_attn needs ctx.prev_attn_out (the previous block's attention)"
         if r is not None and cs != 0.0:
             inj = F.linear(r, self._low_weight()) * (cs * self.attn_scale)  # (B, T, R_ff)
             pre = torch.cat([pre[..., : self.d_std], pre[..., self.d_std:] + inj], dim=-1)

@@ -158,3 +158,11 @@ def test_post_train_fits_every_layer_and_reports_the_round_trip():
 def test_post_train_is_a_no_op_without_kvsplice():
     m = build(cfg(attn="kv_prune", attn_knobs=dict(k=12, recency=4)))
     assert m.transformer.h[0].attn.post_train(m, None, None) == {}
+
+
+def test_kvsplice_is_declared_a_post_training_knob():
+    # `recip check` probes the training forward, which KVSplice leaves unchanged by design
+    from dataclasses import fields
+
+    from models.mechanisms.kv_prune import Knobs
+    assert Knobs.POST_TRAIN == {"kvsplice"} and Knobs.POST_TRAIN <= {f.name for f in fields(Knobs)}

@@ -57,6 +57,11 @@ def extra_params(knobs: dict) -> tuple[int, int]:
     return (-R_FF * N_EMBD if knobs.get("tie_to_attn_proj") else 0), mech
 
 
+def attn_scales(knobs: dict) -> int:
+    """attn_scale parameters in the model: every block with inject=attn, blocks 1.. with prev_attn."""
+    return {"none": 0, "attn": 0, "prev_attn": 1}[knobs.get("inject", "none")]
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -79,7 +84,7 @@ def test_parameter_count_matches_the_formula(knobs):
     d_mlp, mech = extra_params(knobs)
     assert counts["attention"] == N_LAYER * attn
     assert counts["mlp"] == N_LAYER * (mlp + d_mlp)
-    assert counts["mechanism"] == N_LAYER * mech
+    assert counts["mechanism"] == N_LAYER * mech - attn_scales(knobs)  # none in block 0 for prev_attn
 
 
 def test_expansion_ratio_is_honoured():
@@ -134,7 +139,8 @@ def test_zero_attn_scale_is_the_folded_rmlp(inject):
     assert (logits(m, idx) - logits(folded, idx)).abs().max() > 1e-5  # injection on: differs
     with torch.no_grad():
         for blk in m.transformer.h:
-            blk.mlp.attn_scale.zero_()
+            if blk.mlp.attn_scale is not None:
+                blk.mlp.attn_scale.zero_()
     assert torch.equal(logits(m, idx), logits(folded, idx))
 
 
@@ -145,7 +151,9 @@ def test_prev_attn_reads_the_previous_block_and_block_zero_has_none():
     a = torch.randn(2, 6, N_EMBD)
     no_prev = mlp0(x, BlockContext())
     assert torch.equal(mlp0(x, BlockContext(attn_out=a)), no_prev)        # ignores this block's attention
-    assert not torch.equal(mlp1(x, BlockContext(prev_attn_out=a)), mlp1(x, BlockContext()))
+    assert not torch.equal(mlp1(x, BlockContext(prev_attn_out=a)), mlp1(x, BlockContext(prev_attn_out=0 * a)))
+    with pytest.raises(AssertionError, match="needs ctx.prev_attn_out"):
+        mlp1(x, BlockContext())
     # the context hands block l's attention output to block l+1
     ctx = BlockContext(attn_out=a)
     ctx.advance()
@@ -179,10 +187,11 @@ def test_gradients_reach_every_learnable_scalar(knobs):
     g = grad_norms(m)
     mech = {f"transformer.h.{i}.mlp.{n}" for i in range(N_LAYER) for n in m.transformer.h[i].mlp.mechanism_parameter_names()}
     learnable = {n for n, p in m.named_parameters() if p.requires_grad}
-    for name in mech & learnable:
-        if knobs.get("inject") == "prev_attn" and name == "transformer.h.0.mlp.attn_scale":
-            continue  # block 0 has no previous attention: its attn_scale is never used
+    for name in learnable:  # every parameter, scalars included, gets a gradient
         assert g[name] > 0, f"no gradient reaches {name}"
+    assert mech & learnable
+    if knobs.get("inject") == "prev_attn":
+        assert m.transformer.h[0].mlp.attn_scale is None and m.transformer.h[1].mlp.attn_scale is not None
     assert set(m.mixing_scalars()) <= {f"mlp.{s}/L{i}" for i in range(N_LAYER)
                                        for s in ("w_std", "w_rec", "gate_alpha", "attn_scale")}
 
