@@ -56,6 +56,13 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _code_sha(outdir: Path) -> str:
+    """The commit the worker recorded in attempt.json, else $RECIP_CODE_SHA, else unknown."""
+    info = artifacts.read_json(outdir / "attempt.json")
+    sha = info.get("code_sha") if isinstance(info, dict) else None
+    return str(sha or os.environ.get("RECIP_CODE_SHA") or "unknown")
+
+
 def _attempt_label(outdir: Path) -> str:
     info = artifacts.read_json(outdir / "attempt.json")
     if isinstance(info, dict):
@@ -174,8 +181,9 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
             study=cfg.study, step=cfg.step, seed=cfg.seed, attempt=_attempt_label(outdir),
             mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
             directory=outdir, config=raw,
-            tags=[f"step:{cfg.step}", f"seed:{cfg.seed}", f"config:{result['config_hash'][:12]}",
-                  f"commit:{os.environ.get('RECIP_CODE_SHA', 'unknown')[:12]}"]))
+            tags=[f"study:{cfg.study[:58]}", f"step:{cfg.step[:59]}", f"seed:{cfg.seed}",
+                  f"attempt:{_attempt_label(outdir)}", f"config:{result['config_hash'][:12]}",
+                  f"commit:{_code_sha(outdir)[:12]}"]))
     sink = TeeSink(*sinks)
 
     try:

@@ -27,14 +27,17 @@ except ImportError:  # pragma: no cover
     pass
 
 from orchestrator.cli import (
+    baseline_cmd,
     check_cmd,
     data_cmd,
     db_cmd,
+    doctor_cmd,
     queue_cmd,
     report_cmd,
     resume_cmd,
     run_cmd,
     status_cmd,
+    wandb_cmd,
     workers_cmd,
 )
 from orchestrator.cli.common import redact, say
@@ -61,11 +64,14 @@ app.add_typer(queue_cmd.app, name="queue")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(workers_cmd.app, name="workers")
+app.add_typer(wandb_cmd.app, name="wandb")
+app.add_typer(baseline_cmd.app, name="baseline")
 status_cmd.register(app)
 run_cmd.register(app)
 check_cmd.register(app)
 report_cmd.register(app)
 resume_cmd.register(app)
+doctor_cmd.register(app)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@
     │   └── DatabaseUnavailable     the database cannot be reached or opened
     ├── WorkerError                 a worker cannot start (GPUs, Ray, environment)
     ├── DataError                   a dataset or tokenizer is missing or corrupt
+    ├── TrackerError                W&B cannot be reached, or a W&B run cannot be read
     └── CheckpointError             a checkpoint cannot be read
 
 Each class's docstring is its default message (procrastinate's convention). Messages name
@@ -83,6 +84,10 @@ class WorkerError(RecipError):
 
 class DataError(RecipError):
     """The dataset is missing or corrupt; run `recip data prepare`."""
+
+
+class TrackerError(RecipError):
+    """W&B failed; check the network and WANDB_API_KEY, or keep the runs offline."""
 
 
 class CheckpointError(RecipError):

@@ -16,9 +16,10 @@ import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from orchestrator.core.imported import IMPORTED_KEY
 from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
 
 DEFAULT_METRIC = "best_val_loss"
@@ -37,6 +38,8 @@ COMPARE_CONDITIONS = ("worse_than", "not_better_than", "better_than")
 FLAG_CONDITIONS = ("outside_expected", "diverged", "gate_collapsed", "no_gradient", "failed",
                    "slower")
 CONDITIONS = COMPARE_CONDITIONS + FLAG_CONDITIONS
+SHAPE_KEYS = (("L", "n_layer"), ("H", "n_head"), ("C", "n_embd"), ("T", "block_size"),
+              ("V", "vocab_size"))
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class Comparison:
     b: str
     label: str
     kind: str
-    """parent | pair."""
+    """parent | pair | baseline (a spec root step vs an imported run)."""
     verdict: str
     """better | worse | noise | pending."""
     delta: float | None = None
@@ -200,6 +203,7 @@ def analyze(results: StudyResults, series: MetricSeries | None = None, *,
     for pair in ctx.analysis.get("pairs") or ():
         a, b = str(pair.get("a")), str(pair.get("b"))
         comparisons.append(ctx.compare(a, b, str(pair.get("label") or f"{a} vs {b}"), "pair"))
+    comparisons += ctx.baseline_comparisons()
     expectations = ctx.expectations()
     flags = ctx.flags(expectations, series)
     rules = tuple(ctx.rule(r, expectations, flags, series) for r in ctx.analysis.get("rules") or ())
@@ -460,6 +464,51 @@ class _Context:
             delta_pct=100 * delta / mb if mb else None, spread=spread, threshold=threshold,
             n_a=len(xa), n_b=len(xb), confounders=self.confounders(a, b), note=note)
 
+    # -- imported baselines (a W&B run stored by `recip baseline import`)
+
+    def imported(self) -> tuple[str, ...]:
+        """Steps whose runs were imported rather than trained here."""
+        return tuple(s for s in self.order
+                     if any(IMPORTED_KEY in (r.latest.config or {}) for r in self.runs.get(s, ())))
+
+    def baseline_comparisons(self) -> list[Comparison]:
+        """Each root step of the spec (no parent) against each imported baseline, with the
+        comparability check: model size, budget, effective batch and data from the configs
+        (known before any result), plus the result-based confounders once both have run."""
+        out = []
+        roots = [s for s in self.spec_steps if self.parent(s) is None]
+        for base in self.imported():
+            ref = next((str(r.latest.config[IMPORTED_KEY].get("ref"))
+                        for r in self.runs.get(base, ())), base)
+            for root in roots:
+                c = self.compare(root, base, f"{root} vs {base} (imported)", "baseline")
+                extra = self.config_confounders(root, base, results=c.verdict != "pending")
+                note = c.note or f"{base} imported from {ref}"
+                out.append(replace(c, confounders=tuple(dict.fromkeys(c.confounders + extra)),
+                                   note=note))
+        return out
+
+    def config_confounders(self, a: str, b: str, *, results: bool) -> tuple[str, ...]:
+        """Differences between the two steps' configs; budget/data/batch only when the
+        result-based check (`confounders`) did not run."""
+        cfg = {s: [r.latest.config or {} for r in self.runs.get(s, ())] for s in (a, b)}
+        out: list[str] = []
+        shapes = {s: {_shape(c) for c in cfg[s]} for s in (a, b)}
+        if shapes[a] != shapes[b] or len(shapes[a]) > 1:
+            out.append(f"model sizes differ: {a} {_fmt_set(shapes[a])} vs {b} {_fmt_set(shapes[b])}")
+        if not results:
+            for key, what in (("train.budget", "budgets"), ("data", "data")):
+                sides = {s: {json.dumps(_lookup(c, key), sort_keys=True) for c in cfg[s]}
+                         for s in (a, b)}
+                if sides[a] != sides[b] or len(sides[a]) > 1:
+                    out.append(f"{what} differ: {a} {_fmt_set(sides[a])} vs {b} "
+                               f"{_fmt_set(sides[b])}")
+            eb = {s: {_config_batch(c) for c in cfg[s]} for s in (a, b)}
+            if eb[a] != eb[b] or len(eb[a]) > 1:
+                out.append(f"effective batch differs: {a} {_fmt_set(eb[a])} vs {b} "
+                           f"{_fmt_set(eb[b])}")
+        return tuple(out)
+
     def _why_missing(self, step: str) -> str:
         runs = self.runs.get(step, ())
         if step not in self.order:
@@ -713,6 +762,21 @@ def _lookup(d: Mapping[str, Any], dotted: str) -> Any:
             return None
         node = node.get(part)
     return node
+
+
+def _shape(config: Mapping[str, Any]) -> str:
+    """`L12 H12 C768 T1024 V50304`; `?` for what the config does not say."""
+    model = config.get("model") or {}
+    return " ".join(f"{p}{'?' if model.get(k) is None else model[k]}" for p, k in SHAPE_KEYS)
+
+
+def _config_batch(config: Mapping[str, Any]) -> str:
+    t = config.get("train") or {}
+    m = config.get("model") or {}
+    try:
+        return f"{int(t['batch_size']) * int(t.get('grad_accum', 1)) * int(m['block_size'])}"
+    except (KeyError, TypeError, ValueError):
+        return "?"
 
 
 def _effective_batch(a: AttemptResult) -> str:
