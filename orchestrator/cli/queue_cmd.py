@@ -56,13 +56,35 @@ def _total(params: Mapping[str, int]) -> int:
     return int(params["total"]) if "total" in params else sum(params.values())
 
 
+def check_datasets(plan: StudyPlan, file: str) -> None:
+    """SpecError for a `text:PATH` dataset whose file does not exist on this machine."""
+    seen: set[str] = set()
+    steps = plan.spec.get("steps") if isinstance(plan.spec.get("steps"), dict) else {}
+    for r in plan.runs:
+        data = r.config.get("data")
+        dataset = data.get("dataset") if isinstance(data, dict) else None
+        if not isinstance(dataset, str) or not dataset.startswith("text:") or dataset in seen:
+            continue
+        seen.add(dataset)
+        path = Path(dataset[len("text:"):]).expanduser()
+        if not path.is_file():
+            body = steps.get(r.step) if isinstance(steps, dict) else None
+            where = ("steps." + r.step if isinstance(body, dict) and body.get("data")
+                     else "defaults") + ".data.dataset"
+            raise SpecError(f"dataset {dataset!r}: no such file {path}; fix the path (or pass "
+                            "--no-check when only the workers have it)", file=file, path=where)
+
+
 def check_plan_or_raise(plan: StudyPlan, file: str,
                         steps: Sequence[str] | None = None) -> dict[str, int]:
-    """Dry-run every step's model (workers.check); SpecError on the first failing step.
+    """Dry-run every step's model (workers.check); SpecError on the first failing step or a
+    missing `text:` dataset file.
 
     Warnings go to stderr; returns the total parameter count per step."""
     from orchestrator.core.resolve import check_error_location
     from workers.check import check_plan
+
+    check_datasets(plan, file)
 
     checks = check_plan(plan, steps)
     for c in checks:
