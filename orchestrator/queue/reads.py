@@ -177,6 +177,21 @@ def study_results(conn: Connection, study_id: int) -> StudyResults:
                         spec_hash=s.spec_hash, steps=tuple(steps), attempts=tuple(attempts))
 
 
+def _name_prefix(conn: Connection, prefix: str) -> sa.ColumnElement[bool]:
+    """`name` starts with `prefix`, as a key range where the key order is bytewise.
+
+    SQLite's LIKE is case-insensitive, so it never narrows the (attempt_id, name, step) key
+    and reads every metric row of the attempts; a BINARY range on the same prefix reads only
+    the matching ones, so a prefix read costs the rows it returns (bench/report_bench.py).
+    PostgreSQL keeps the LIKE: under a linguistic collation a range is not a prefix match.
+    """
+    like = MetricRow.name.startswith(prefix, autoescape=True)
+    if conn.dialect.name != "sqlite" or not prefix or ord(prefix[-1]) >= 0x10FFFF:
+        return like
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return sa.and_(MetricRow.name >= prefix, MetricRow.name < upper, like)
+
+
 def metric_series(conn: Connection, attempt_ids: Sequence[int], names: Sequence[str] | None,
                   prefix: str | None) -> MetricSeries:
     """attempt -> name -> [(step, value)], steps ascending; NULL values read as NaN."""
@@ -190,7 +205,7 @@ def metric_series(conn: Connection, attempt_ids: Sequence[int], names: Sequence[
     if names is not None:
         filters.append(MetricRow.name.in_(list(names)))
     if prefix is not None:
-        filters.append(MetricRow.name.startswith(prefix, autoescape=True))
+        filters.append(_name_prefix(conn, prefix))
     if filters:
         query = query.where(sa.or_(*filters))
     for attempt_id, name, step, value in conn.execute(query):
