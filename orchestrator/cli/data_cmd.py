@@ -6,6 +6,7 @@ progress bar go to stderr.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,6 +27,27 @@ DataDirOption = Annotated[
 ]
 
 
+_SUFFIX = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+
+
+def parse_count(value: str | int) -> int:
+    """`100M` -> 100_000_000; also `250k`, `1.5B`, `10_000`, plain integers."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().replace("_", "").replace(",", "")
+    scale = _SUFFIX.get(text[-1:].lower(), 1) if text else 1
+    number = text[:-1] if scale != 1 else text
+    try:
+        count = float(number) * scale
+    except ValueError:
+        count = math.nan
+    if not math.isfinite(count):
+        raise typer.BadParameter(f"{value!r} is not a count: write e.g. 100M, 250k or 100000")
+    if count != int(count):
+        raise typer.BadParameter(f"{value!r} is not a whole number of tokens")
+    return int(count)
+
+
 @app.command("prepare")
 def prepare_cmd(
     dataset: Annotated[str, typer.Option(
@@ -35,7 +57,8 @@ def prepare_cmd(
         "--config", help="hf: dataset config (e.g. sample-10BT); text: blank-lines (default) or whole.",
         show_default=False)] = None,
     tokens: Annotated[int | None, typer.Option(
-        "--tokens", help="Stop after the document that reaches N tokens.", show_default=False)] = None,
+        "--tokens", help="Stop after the document that reaches N tokens (e.g. 100M, 1.5B).",
+        parser=parse_count, metavar="N", show_default=False)] = None,
     data_dir: DataDirOption = None,
     json_out: JsonOption = False,
 ) -> None:

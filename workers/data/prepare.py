@@ -8,22 +8,29 @@
 Documents are separated by the end-of-text token (mechanisms.md §19 decision 9); the token
 stream is split 90/10 contiguously into train/val (§1.2). Results live under
 $RECIP_DATA_DIR (default ./data) in a directory keyed by (dataset, tokenizer, config, token
-limit, PREP_VERSION); a second prepare reuses it. Concurrent prepares write to private temp
-directories and the first rename wins, so they never corrupt each other.
+limit, PREP_VERSION); a second prepare reuses it.
+
+Resumable: tokens are appended to `.partial-<dir>/tokens.bin`, and every FLUSH_TOKENS a
+state file records how many documents and tokens are safely on disk; an interrupted prepare
+(Ctrl-C, SIGKILL, a network error) continues from there instead of starting over. One
+prepare at a time per dataset: the partial directory is flock'ed, a second prepare waits
+and then reuses the result; the partial directory is renamed into place when complete.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
 import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,11 @@ META = "meta.json"
 TRAIN_BIN = "train.bin"
 VAL_BIN = "val.bin"
 TRAIN_FRACTION = 0.9
+PARTIAL_PREFIX = ".partial-"
+STREAM = "tokens.bin"
+STATE = "prepare-state.json"
+FLUSH_TOKENS = 1 << 20
+"""Tokens between two durable resume points (state file after an fsync'ed append)."""
 HF_LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet",
                      ".csv": "csv", ".txt": "text"}
 
@@ -84,23 +96,48 @@ def prepare(dataset: str, tokenizer: str = "gpt2", root: str | Path | None = Non
         return load(final)
 
     base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key['dir']}-", dir=base))
-    try:
+    part = base / f"{PARTIAL_PREFIX}{key['dir']}"
+    with _locked(part):
+        if (final / META).exists():  # another prepare finished while we waited
+            shutil.rmtree(part, ignore_errors=True)
+            return load(final)
         source, documents = _documents(dataset, config)
-        meta = _write(tmp, documents, tok, tokens=tokens, label=f"{dataset}/{tokenizer}",
+        meta = _write(part, documents, tok, tokens=tokens, label=f"{dataset}/{tokenizer}",
                       progress=progress)
         meta.update(dataset=dataset, tokenizer=tokenizer, config=config, token_limit=tokens,
                     source=source, prep_version=PREP_VERSION, key=key["hash"])
-        _write_json(tmp / META, meta)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / META).exists():  # not a lost race: a real error
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _write_json(part / META, meta)
+        os.rename(part, final)
     return load(final)
+
+
+def partial_state(dataset: str, tokenizer: str, root: str | Path | None = None, *,
+                  config: str | None = None, tokens: int | None = None) -> dict[str, Any] | None:
+    """{"docs", "tokens"} already on disk for an unfinished prepare, else None."""
+    key = dataset_key(dataset, tokenizer, config=config, tokens=tokens)
+    return _read_state(data_root(root) / f"{PARTIAL_PREFIX}{key['dir']}")
+
+
+@contextmanager
+def _locked(part: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the partial directory `part` (created if missing)."""
+    while True:
+        part.mkdir(exist_ok=True)
+        fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(part).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False  # the holder before us renamed it into place
+            if same:
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+        finally:
+            os.close(fd)
 
 
 def locate(dataset: str, tokenizer: str, root: str | Path | None = None, *,
@@ -260,35 +297,75 @@ def _hf_documents(name: str, config: str | None) -> tuple[str, Iterator[str]]:
 # ----------------------------------------------------------------------------------------
 # tokenize + write
 
+def _read_state(part: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((part / STATE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    ok = isinstance(state, dict) and all(isinstance(state.get(k), int) for k in ("docs", "tokens"))
+    return state if ok else None
+
+
 def _write(out: Path, documents: Iterator[str], tok: Tokenizer, *, tokens: int | None,
            label: str, progress: bool) -> dict[str, Any]:
     if tok.vocab_size > 2 ** 16:
         raise DataPrepError(f"tokenizer {tok.name} has {tok.vocab_size} ids; uint16 holds 65536")
-    bar = _Progress(label, total=tokens, enabled=progress)
+    stream = out / STREAM
+    state = _read_state(out) or {"docs": 0, "tokens": 0}
+    n_docs, n_tokens = state["docs"], state["tokens"]
+    with open(stream, "ab") as f:  # drop whatever was appended after the last resume point
+        f.truncate(2 * n_tokens)
+    if n_tokens:
+        if progress:
+            sys.stderr.write(f"resuming {label} at {n_tokens:,} tokens "
+                             f"({n_docs:,} documents already done)\n")
+        documents = itertools.islice(documents, n_docs, None)
+    bar = _Progress(label, total=tokens, enabled=progress, start=n_tokens)
     chunks: list[np.ndarray] = []
-    n_tokens = n_docs = 0
-    for doc in documents:
-        ids = tok.encode(doc)
-        ids.append(tok.eot)  # end-of-text after every document
-        chunks.append(np.asarray(ids, dtype=np.uint16))
-        n_tokens += len(ids)
-        n_docs += 1
-        bar.update(n_docs, n_tokens)
-        if tokens is not None and n_tokens >= tokens:
-            break
+    buffered = 0
+
+    def flush(f: Any) -> None:
+        nonlocal chunks, buffered
+        if chunks:
+            np.concatenate(chunks).tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
+            chunks, buffered = [], 0
+        tmp = out / f".{STATE}.tmp"
+        _write_json(tmp, {"docs": n_docs, "tokens": n_tokens})
+        os.replace(tmp, out / STATE)
+
+    with open(stream, "ab") as f:
+        if tokens is None or n_tokens < tokens:
+            for doc in documents:
+                ids = tok.encode(doc)
+                ids.append(tok.eot)  # end-of-text after every document
+                chunks.append(np.asarray(ids, dtype=np.uint16))
+                buffered += len(ids)
+                n_tokens += len(ids)
+                n_docs += 1
+                bar.update(n_docs, n_tokens)
+                if buffered >= FLUSH_TOKENS:
+                    flush(f)
+                if tokens is not None and n_tokens >= tokens:
+                    break
+        flush(f)
     bar.close(n_docs, n_tokens)
     if n_tokens < 2:
         raise DataPrepError(f"{label}: no text found")
-    all_ids = np.concatenate(chunks)
-    n_train = int(TRAIN_FRACTION * len(all_ids))
+    all_ids = np.memmap(stream, dtype=np.uint16, mode="r", shape=(n_tokens,))
+    n_train = int(TRAIN_FRACTION * n_tokens)
     splits = {TRAIN_BIN: all_ids[:n_train], VAL_BIN: all_ids[n_train:]}
     for name, arr in splits.items():
         arr.tofile(out / name)
+    del all_ids, splits
+    stream.unlink()
+    (out / STATE).unlink()
     return {
         "vocab_size": tok.vocab_size, "eot": tok.eot, "documents": n_docs,
-        "tokens": int(len(all_ids)), "train_tokens": int(n_train),
-        "val_tokens": int(len(all_ids) - n_train), "dtype": "uint16",
-        "sha256": {name: _sha256(out / name) for name in splits},
+        "tokens": int(n_tokens), "train_tokens": int(n_train),
+        "val_tokens": int(n_tokens - n_train), "dtype": "uint16",
+        "sha256": {name: _sha256(out / name) for name in (TRAIN_BIN, VAL_BIN)},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -296,12 +373,12 @@ def _write(out: Path, documents: Iterator[str], tok: Tokenizer, *, tokens: int |
 class _Progress:
     """A one-line progress bar on stderr, redrawn at most twice a second."""
 
-    def __init__(self, label: str, total: int | None, enabled: bool):
-        self.label, self.total, self.enabled = label, total, enabled
+    def __init__(self, label: str, total: int | None, enabled: bool, start: int = 0):
+        self.label, self.total, self.enabled, self.start = label, total, enabled, start
         self.t0 = self.last = time.monotonic()
 
     def _line(self, docs: int, n: int) -> str:
-        rate = n / max(1e-9, time.monotonic() - self.t0)
+        rate = (n - self.start) / max(1e-9, time.monotonic() - self.t0)
         if self.total:
             frac = min(1.0, n / self.total)
             bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
