@@ -33,17 +33,28 @@ EXIT_FOR_STATUS = {
 }
 
 
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT before training started: nothing to checkpoint, so stop at once."""
+
+
 class StopFlag:
-    """Set by SIGTERM/SIGINT; the training loop polls it once per iteration."""
+    """Set by SIGTERM/SIGINT; the training loop polls it once per iteration. Before the loop
+    starts (imports, data, model, resume copy) a signal stops the process at once, so an
+    orphaned attempt never outlives its worker's lease while it is still starting up."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.starting = True
 
     def __call__(self) -> bool:
         return self.signal is not None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         self.signal = signum
+        if self.starting:
+            self.starting = False
+            print(f"received signal {signum} before training started: stopping now", flush=True)
+            raise Interrupted(signum)
         print(f"received signal {signum}: finishing the iteration, then checkpointing", flush=True)
 
 
@@ -100,7 +111,10 @@ def run(config_path: Path, outdir: Path, resume_from: Path | None = None) -> int
 
     try:
         _train_attempt(config_path, outdir, resume_from, stop, result, progress)
+    except Interrupted:
+        result.update(status=artifacts.STATUS_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - recorded in result.json, never swallowed
+        stop.starting = False
         message = str(e).strip()
         result.update(
             status=artifacts.STATUS_OOM if _is_oom(e) else artifacts.STATUS_FAILED,
@@ -186,6 +200,7 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
                   f"commit:{_code_sha(outdir)[:12]}"]))
     sink = TeeSink(*sinks)
 
+    stop.starting = False  # from here a signal finishes the iteration and checkpoints
     try:
         out = train(cfg, model, optimizer, batches, clock, sink, device=dev, ckpt_path=ckpt,
                     resume=loop_state, progress=progress, stop=stop,

@@ -39,7 +39,9 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {args.worker_id} %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
+    from orchestrator.queue.db import redact_url
     from orchestrator.queue.repo import QueueRepo
     from workers.loop import WorkerLoop, WorkerSettings
 
@@ -47,7 +49,7 @@ def main(argv: list[str]) -> int:
         worker_id=args.worker_id, runs_dir=args.runs_dir, lease_s=args.lease,
         poll_s=args.poll, idle_poll_s=args.idle_poll, grace_s=args.grace,
         kill_after_s=args.kill_after, until_empty=args.until_empty, study=args.study,
-        db_label=args.db, backoff_s=0.2, backoff_max_s=2.0)
+        db_label=redact_url(args.db), backoff_s=0.2, backoff_max_s=2.0)
     repo = QueueRepo.open(args.db)
     loop = WorkerLoop(repo, settings)
     signal.signal(signal.SIGTERM, lambda signum, frame: loop.stop())
