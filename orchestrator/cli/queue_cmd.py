@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -119,6 +119,14 @@ def describe_submit(result: SubmitResult, total_runs: int) -> list[str]:
     return lines
 
 
+def plan_json(plan: StudyPlan) -> dict[str, Any]:
+    """The plan as JSON: study, spec hash and one entry per run with its resolved config."""
+    return {"study": plan.name, "spec_hash": plan.spec_hash, "overrides": plan.overrides,
+            "runs": [{"step": r.step, "seed": r.seed, "parent": r.parent,
+                      "config_hash": r.config_hash, "budget_seconds": r.budget_seconds,
+                      "config": r.config} for r in plan.runs]}
+
+
 @app.command("submit")
 def submit(
     file: Annotated[Path, typer.Argument(help="Study spec (YAML), e.g. ablations/smoke.yaml.",
@@ -143,6 +151,7 @@ def submit(
     seeds: Annotated[str | None, typer.Option(
         help="Seeds for every step, comma-separated (e.g. 1,2).", show_default=False)] = None,
     db: DbOption = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Validate a study spec, dry-run its models, and queue its runs (idempotent)."""
     from orchestrator.cli import render
@@ -155,7 +164,10 @@ def submit(
     params = None if no_check else check_plan_or_raise(plan, str(file), step_list)
     gpu = render.fmt_gpu_hours(plan.runs)
     if plan_only:
-        render.print_renderable(render.render_plan(plan, params))
+        if json_out:
+            emit_json(plan_json(plan))
+        else:
+            render.print_renderable(render.render_plan(plan, params))
         say(f"{len(plan.runs)} runs, {gpu}. Nothing queued (--plan).")
         return
 
@@ -163,7 +175,11 @@ def submit(
 
     with QueueRepo.open(db_url(db)) as repo:
         result = repo.submit(plan, datetime.now(UTC))
-    if result.changed:
+    if json_out:
+        emit_json({**plan_json(plan), "queued_attempts": result.queued_attempts,
+                   "new_runs": len(result.new_runs), "unchanged_runs": result.unchanged_runs,
+                   "changed_steps": list(result.changed_steps)})
+    elif result.changed:
         render.print_renderable(render.render_plan(plan, params))
     for line in describe_submit(result, len(plan.runs)):
         say(line)

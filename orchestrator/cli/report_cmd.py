@@ -40,8 +40,11 @@ def report(
     metric: Annotated[str | None, typer.Option(
         "--metric", help="Metric to compare (default: the spec's analysis.metric).")] = None,
     db: DbOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
     """Per-step means over seeds, deltas with noise verdicts, expected ranges, rules, flags."""
+    if json_out:
+        fmt = Format.json
     from orchestrator.queue.repo import QueueRepo
     from orchestrator.report.analysis import analyze
 
