@@ -21,6 +21,7 @@ from typing import Any
 from orchestrator.core.errors import WorkerError
 from workers.loop import WorkerReport, WorkerSettings
 from workers.provenance import gpu_indices
+from workers.train import artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,24 @@ class Slot:
     name: str
     gpu: bool
     num_cpus: float
+
+    @property
+    def threads(self) -> int | None:
+        """Torch threads for this slot's attempts: its cores on a CPU slot, else torch's own."""
+        return None if self.gpu else max(1, int(self.num_cpus))
+
+
+def slot_env(slot: Slot, extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a slot's actor and attempts: `extra`, plus, on a CPU slot with k
+    cores, RECIP_THREADS=k and OMP_NUM_THREADS=k (unless `extra` or this process's own
+    environment sets them), so k workers share the machine instead of each starting a
+    thread per core."""
+    env = dict(extra)
+    if slot.threads is not None:
+        for key in (artifacts.THREADS_ENV, "OMP_NUM_THREADS"):
+            if key not in env and key not in os.environ:
+                env[key] = str(slot.threads)
+    return env
 
 
 @dataclass
@@ -217,7 +236,8 @@ class WorkerPool:
             kill_after_s=c.kill_after_s, max_attempts=c.max_attempts,
             until_empty=c.until_empty, study=c.study, db_label=c.db_label)
         spec = ActorSpec(db_url=c.db_url, settings=settings, slot=slot.name, cwd=os.getcwd(),
-                         runner_command=c.runner_command, env=tuple(sorted(c.env.items())))
+                         runner_command=c.runner_command,
+                         env=tuple(sorted(slot_env(slot, c.env).items())))
         cls = GpuWorker if slot.gpu else CpuWorker
         opts: dict[str, Any] = {}
         if not slot.gpu:

@@ -18,6 +18,10 @@ Metric names: "loss" (train loss per log interval), "lr", "tokens_per_s", "grad_
 added by the trainer: "val_ppl", "best_val_loss", "spam/clipped", "dt_ms", and the values a
 mechanism's post_train() returns (at the final iteration, also in result.json["post_train"]).
 
+Environment: RECIP_THREADS=k (set by the worker pool on a CPU slot of k cores, with
+OMP_NUM_THREADS=k) makes the attempt use k torch threads; result.json["precision"]["threads"]
+records what it used.
+
 Exit codes: 0 succeeded; 1 failed (result.json says why); 3 interrupted by SIGTERM/SIGINT
 after writing a checkpoint (the worker re-queues the same attempt).
 """
@@ -35,6 +39,8 @@ PROGRESS = "progress.json"
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
 LOG = "stdout.log"
+
+THREADS_ENV = "RECIP_THREADS"
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -8,11 +8,14 @@ recorded in result.json["precision"].
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from workers.train.artifacts import THREADS_ENV
 
 
 @dataclass
@@ -39,6 +42,16 @@ class DeviceSetup:
         return None
 
 
+def cpu_threads(environ=os.environ) -> int | None:
+    """The torch thread count the worker gave this attempt ($RECIP_THREADS), else None."""
+    raw = environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"${THREADS_ENV}={raw!r}: expected a positive number of threads")
+    return int(raw)
+
+
 def setup_device(device: str = "auto", dtype: str = "auto", compile: bool = False) -> DeviceSetup:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,6 +67,11 @@ def setup_device(device: str = "auto", dtype: str = "auto", compile: bool = Fals
     if dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+    # a CPU worker slot of k cores gives its attempts k threads (workers/pool.py)
+    threads = cpu_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     tf32 = False
     if dev.type == "cuda":
@@ -77,6 +95,8 @@ def setup_device(device: str = "auto", dtype: str = "auto", compile: bool = Fals
         "compile": use_compile,
         "compile_requested": compile,
         "threads": torch.get_num_threads(),
+        "threads_from": THREADS_ENV if threads is not None else
+        ("OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else "torch default"),
         "torch_version": torch.__version__,
     }
     return setup
