@@ -2,10 +2,11 @@
 
     python -m bench.mechanisms_bench [--quick] [--device cpu|cuda] [--sizes tiny,small]
 
-One step = zero_grad + forward + backward + AdamW step, warm. Variants are timed in interleaved
-rounds (each round visits every variant, in a rotated order) and the reported ratio is the
-median over rounds of (variant step / baseline step in the same round), so a slow spell of a
-shared machine hits both sides of a ratio (design.md §8: single CPU steps spike 1.5-2x).
+One step = zero_grad + forward + backward + AdamW step, warm. Each round visits every variant
+(in a rotated order) and times it right next to the baseline (and its reference), alternating
+which goes first; the reported ratio is the median over rounds of those adjacent ratios, so a
+slow spell of a shared machine hits both sides of a ratio (design.md §8: single CPU steps spike
+1.5-2x).
 
 Every mechanism in `models.registry` is benchmarked, Gen-3 ones included: `KNOB_SETS` names
 the knob sets worth timing per mechanism; a registered name missing there runs with its
@@ -59,6 +60,8 @@ class Variant:
     mlp_knobs: dict[str, Any]
     ref: str = "baseline"
     times: list[float] = field(default_factory=list)
+    vs_base: list[float] = field(default_factory=list)
+    vs_ref: list[float] = field(default_factory=list)
     error: str | None = None
 
 
@@ -139,27 +142,35 @@ def bench_size(size: str, device: str, rounds: int, inner: int, warmup: int) -> 
         for _ in range(warmup):
             step()
         live.append((v, step))
-    sync(device)
+    by_label = {v.label: (v, step) for v, step in live}
+    base = by_label["baseline"]
+
+    def timed(entry: tuple[Variant, Callable[[], None]]) -> float:
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            entry[1]()
+        sync(device)
+        return (time.perf_counter() - t0) / inner
+
+    # each measurement times the variant right next to the baseline (and its reference), in
+    # alternating order, so both sides of a ratio see the same load
     for r in range(rounds):
-        order = live[r % len(live):] + live[: r % len(live)]
-        for v, step in order:
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                step()
-            sync(device)
-            v.times.append((time.perf_counter() - t0) / inner)
-    by_label = {v.label: v for v, _ in live}
+        for entry in live[r % len(live):] + live[: r % len(live)]:
+            v = entry[0]
+            group = [base, entry] + ([by_label[v.ref]] if v.ref not in ("baseline", v.label) else [])
+            t = {e[0].label: timed(e) for e in (group if r % 2 == 0 else group[::-1])}
+            v.times.append(t[v.label])
+            v.vs_base.append(t[v.label] / t["baseline"])
+            v.vs_ref.append(t[v.label] / t.get(v.ref, t["baseline"]))
     rows = []
     for v, _ in live:
-        ref = by_label[v.ref]
-        base = by_label["baseline"]
         rows.append({
             "size": size, "variant": v.label, "attn": v.attn, "attn_knobs": v.attn_knobs,
             "mlp": v.mlp, "mlp_knobs": v.mlp_knobs, "ref": v.ref,
             "median_ms": 1e3 * statistics.median(v.times),
-            "ratio_vs_baseline": statistics.median(a / b for a, b in zip(v.times, base.times, strict=True)),
-            "ratio_vs_ref": statistics.median(a / b for a, b in zip(v.times, ref.times, strict=True)),
+            "ratio_vs_baseline": statistics.median(v.vs_base),
+            "ratio_vs_ref": statistics.median(v.vs_ref),
             "rounds": len(v.times),
         })
     for v in failed:
@@ -184,9 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sizes", default="tiny,small")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 is steadier on a shared machine); default: torch's")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "mechanisms.json"))
     args = ap.parse_args(argv)
-    rounds = args.rounds or (5 if args.quick else 15)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = args.rounds or (3 if args.quick else 9)
     inner, warmup = (1, 2) if args.quick else (2, 3)
     if args.device == "cuda":
         inner, warmup = inner * 5, warmup * 5
