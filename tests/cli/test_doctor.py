@@ -112,3 +112,16 @@ def test_online_wandb_without_a_key_fails(sqlite_url, capsys, quiet_wandb, monke
 def test_unknown_check_is_a_usage_error(capsys) -> None:
     assert run(["doctor", "--skip", "gpu"]) == 2
     assert "unknown check(s) gpu" in capsys.readouterr().err
+
+
+def test_db_check_on_a_migrated_postgres(pg_url, capsys) -> None:
+    rc, checks, _ = doctor(capsys, "--db", pg_url, "--skip=ray,gpus,datasets,tokenizer,wandb,disk")
+    assert rc == 0 and [c["status"] for c in checks] == ["ok"]
+    assert "schema at head" in checks[0]["detail"] and "postgresql+psycopg://" in checks[0]["detail"]
+
+
+def test_db_check_on_an_empty_postgres_names_the_fix(empty_pg_url, capsys) -> None:
+    rc, checks, _ = doctor(capsys, "--db", empty_pg_url,
+                           "--skip=ray,gpus,datasets,tokenizer,wandb,disk")
+    assert rc == 1 and checks[0]["status"] == "fail"
+    assert "has no recip schema: run `recip db upgrade" in checks[0]["detail"]
