@@ -74,6 +74,22 @@ def gate_curves(report: Report, series: MetricSeries) -> dict[str, dict[str, Cur
     return out
 
 
+def curve_ylim(curves: Sequence[Curve]) -> tuple[float, float]:
+    """Y range of the loss plot: long runs skip the untrained start (the first 5 % of the
+    iterations) so that the differences at the end stay visible; short runs show it all."""
+    x_max = max((c[0][-1] for c in curves if c[0]), default=0.0)
+    long_run = max((len(c[0]) for c in curves), default=0) > 8
+    shown = [v for c in curves for x, v in zip(c[0], c[2], strict=True)
+             if not long_run or x >= 0.05 * x_max]
+    shown_high = [v for c in curves for x, v in zip(c[0], c[3], strict=True)
+                  if not long_run or x >= 0.05 * x_max]
+    if not shown:
+        return 0.0, 1.0
+    lo, hi = min(shown), max(shown_high)
+    pad = 0.05 * (hi - lo) or 0.05
+    return lo - pad, hi + pad
+
+
 def write_plots(report: Report, series: MetricSeries, out_dir: Path) -> list[Path]:
     """Write curves.png, deltas.png and gates.png (each only when it has data) into
     `out_dir`; return the paths written."""
@@ -96,10 +112,7 @@ def write_plots(report: Report, series: MetricSeries, out_dir: Path) -> list[Pat
         ax.set_xlabel("iteration")
         ax.set_ylabel("val loss")
         ax.set_title(f"{report.study}: validation loss (mean, band = min-max over seeds)")
-        lows = [min(c[1]) for c in curves.values()]
-        highs = [c[1][min(len(c[1]) - 1, 1)] for c in curves.values()]
-        if lows and highs:
-            ax.set_ylim(min(lows) - 0.05 * abs(min(lows)), max(highs) + 0.05)
+        ax.set_ylim(*curve_ylim(list(curves.values())))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         written.append(_save(fig, plt, out_dir / "curves.png"))
@@ -128,10 +141,13 @@ def write_plots(report: Report, series: MetricSeries, out_dir: Path) -> list[Pat
         cols = min(3, n)
         rows = math.ceil(n / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+        all_keys = sorted({k for keys in gates.values() for k in keys})
+        palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        colour = {k: palette[i % len(palette)] for i, k in enumerate(all_keys)}
         for ax, (step, keys) in zip(axes.flat, gates.items(), strict=False):
             for key, (x, mean, low, high) in keys.items():
-                (line,) = ax.plot(x, mean, label=key, linewidth=1.2)
-                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+                ax.plot(x, mean, label=key, linewidth=1.2, color=colour[key])
+                ax.fill_between(x, low, high, color=colour[key], alpha=0.2, linewidth=0)
             ax.set_title(step, fontsize=9)
             ax.set_xlabel("iteration", fontsize=8)
             ax.grid(alpha=0.3)

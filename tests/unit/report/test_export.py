@@ -68,3 +68,16 @@ def test_plots_are_written_as_png(build, spec000, tmp_path) -> None:
 def test_no_series_writes_only_the_delta_plot(build, spec000, tmp_path) -> None:
     rep = analyze(build(spec000(), GOOD))
     assert [p.name for p in write_plots(rep, {}, tmp_path)] == ["deltas.png"]
+
+
+def test_curve_ylim_skips_the_untrained_start_of_long_runs() -> None:
+    from orchestrator.report.plots import curve_ylim
+
+    x = [float(i * 10) for i in range(21)]
+    long = (x, [10.0] + [4.0 - 0.01 * i for i in range(20)], [10.0] + [3.9] * 20,
+            [10.0] + [4.1] * 20)
+    lo, hi = curve_ylim([long])
+    assert lo < 3.9 and 4.1 < hi < 5.0
+    short = ([0.0, 10.0, 20.0], [10.0, 9.0, 8.0], [10.0, 9.0, 8.0], [10.0, 9.0, 8.0])
+    lo, hi = curve_ylim([short])
+    assert lo < 8.0 and hi > 10.0
