@@ -39,7 +39,8 @@ def test_spec_loads_and_resolves_at_both_scales(path: Path) -> None:
         assert {r.seed for r in full.runs} >= {1, 2}
     smoke = resolve(spec, presets=PRESETS, vocab=TOKENIZER_VOCAB, overrides=SMOKE)
     assert {r.config["model"]["preset"] for r in smoke.runs} == {"tiny"}
-    assert not {r.config_hash for r in smoke.runs} & {r.config_hash for r in full.runs}
+    if path.stem in SEED_STUDIES:  # an override is part of each run's identity
+        assert not {r.config_hash for r in smoke.runs} & {r.config_hash for r in full.runs}
     for run in full.runs:
         model = run.config["model"]
         for slot in ("attn", "mlp"):
