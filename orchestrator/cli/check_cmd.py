@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orchestrator.cli.common import JsonOption, emit_json, say, split_csv
+from orchestrator.cli.common import JsonOption, SetOption, emit_json, say, split_csv
 
 if TYPE_CHECKING:
     from workers.check import StepCheck
@@ -30,16 +30,18 @@ def check(
     preset: Annotated[str | None, typer.Option(
         "--preset", help="Replace the spec's model sizes with this preset (e.g. tiny).",
         show_default=False)] = None,
+    sets: SetOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Build every step's model, count its parameters, probe causality and mechanisms."""
     from models.presets import PRESETS, TOKENIZER_VOCAB
     from orchestrator.core.loader import load_spec
-    from orchestrator.core.resolve import Overrides, resolve
+    from orchestrator.core.resolve import Overrides, parse_set, resolve
     from workers.check import check_plan
 
     spec = load_spec(file)
-    plan = resolve(spec, presets=PRESETS, vocab=TOKENIZER_VOCAB, overrides=Overrides(preset=preset),
+    overrides = Overrides(preset=preset, sets=tuple(parse_set(a) for a in sets or ()))
+    plan = resolve(spec, presets=PRESETS, vocab=TOKENIZER_VOCAB, overrides=overrides,
                    steps=split_csv(steps), source=str(file))
     checks = check_plan(plan)
     if json_out:

@@ -22,6 +22,15 @@ DbOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override one config value for every step, e.g. --set train.eval_batches=4 "
+        "(repeatable; SECTION is model, data, train or optimizer; part of each run's identity).",
+        show_default=False,
+    ),
+]
 
 
 def db_url(given: str | None) -> str:

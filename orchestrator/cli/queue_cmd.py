@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orchestrator.cli.common import DbOption, JsonOption, db_url, emit_json, say, split_csv
+from orchestrator.cli.common import (
+    DbOption,
+    JsonOption,
+    SetOption,
+    db_url,
+    emit_json,
+    say,
+    split_csv,
+)
 from orchestrator.core.errors import SpecError, UnknownStudy
 
 if TYPE_CHECKING:
@@ -150,15 +158,17 @@ def submit(
         show_default=False)] = None,
     seeds: Annotated[str | None, typer.Option(
         help="Seeds for every step, comma-separated (e.g. 1,2).", show_default=False)] = None,
+    sets: SetOption = None,
     db: DbOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Validate a study spec, dry-run its models, and queue its runs (idempotent)."""
     from orchestrator.cli import render
-    from orchestrator.core.resolve import Overrides
+    from orchestrator.core.resolve import Overrides, parse_set
 
     overrides = Overrides(preset=preset, dataset=dataset, time=time, max_iters=max_iters,
-                          seeds=parse_seeds(seeds))
+                          seeds=parse_seeds(seeds),
+                          sets=tuple(parse_set(a) for a in sets or ()))
     step_list = split_csv(steps)
     plan = build_plan(file, steps=step_list, overrides=overrides)
     params = None if no_check else check_plan_or_raise(plan, str(file), step_list)

@@ -7,6 +7,7 @@ argument and never read the clock or the database, so tests print them into
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -304,10 +305,16 @@ def plan_header(plan: StudyPlan) -> str:
     code = plan.code_policy if plan.pinned_sha is None else f"pinned {plan.pinned_sha[:10]}"
     head = f"study {plan.name}   spec {ids.short(plan.spec_hash)}   code {code}"
     if plan.overrides:
-        head += "\noverrides: " + " ".join(
-            f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in plan.overrides.items())
+        head += "\noverrides: " + " ".join(_flag(k, v) for k, v in plan.overrides.items())
     return head
+
+
+def _flag(key: str, value: Any) -> str:
+    if key == "set":
+        return " ".join(f"--set {path}={v if isinstance(v, str) else json.dumps(v)}"
+                        for path, v in value.items())
+    shown = ",".join(map(str, value)) if isinstance(value, list) else value
+    return f"--{key.replace('_', '-')} {shown}"
 
 
 def render_plan(plan: StudyPlan, params: Mapping[str, int] | None = None) -> RenderableType:

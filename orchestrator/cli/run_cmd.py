@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orchestrator.cli.common import DbOption, db_url, redact, say, split_csv
+from orchestrator.cli.common import DbOption, SetOption, db_url, redact, say, split_csv
 from orchestrator.cli.queue_cmd import StepsOption
 from orchestrator.cli.workers_cmd import (
     DEFAULT_RUNS_DIR,
@@ -65,6 +65,7 @@ def run(
         "--max-iters", help="Iteration budget for every step.", show_default=False)] = None,
     seeds: Annotated[str | None, typer.Option(
         help="Seeds for every step, comma-separated (e.g. 1,2).", show_default=False)] = None,
+    sets: SetOption = None,
     gpus: GpusOption = None,
     cpu_workers: CpuWorkersOption = None,
     address: AddressOption = None,
@@ -91,11 +92,12 @@ def run(
         pidfile,
         pool_config,
     )
-    from orchestrator.core.resolve import Overrides
+    from orchestrator.core.resolve import Overrides, parse_set
     from workers.pool import WorkerPool
 
     overrides = Overrides(preset=preset, dataset=dataset, time=time_s, max_iters=max_iters,
-                          seeds=parse_seeds(seeds))
+                          seeds=parse_seeds(seeds),
+                          sets=tuple(parse_set(a) for a in sets or ()))
     step_list = split_csv(steps)
     plan = build_plan(file, steps=step_list, overrides=overrides)
     if not no_check:

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from orchestrator.core import ids
 from orchestrator.core.errors import SpecError, UnknownStep
 from orchestrator.core.plan import RunPlan, StudyPlan
@@ -32,6 +34,8 @@ class Overrides:
 
     `preset` replaces the spec's model sizes and dropout; `time` / `max_iters` replace the
     budget (the kinds not given are cleared) and `max_iters` also sets `train.max_iters`.
+    `sets` are `--set SECTION.KEY=VALUE` assignments (e.g. `train.eval_batches=4`) applied
+    last, to every step, and validated like the spec itself.
     """
 
     preset: str | None = None
@@ -39,6 +43,7 @@ class Overrides:
     time: float | None = None
     max_iters: int | None = None
     seeds: tuple[int, ...] | None = None
+    sets: tuple[tuple[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -47,7 +52,28 @@ class Overrides:
                 out[key] = getattr(self, key)
         if self.seeds is not None:
             out["seeds"] = list(self.seeds)
+        if self.sets:
+            out["set"] = {path: value for path, value in self.sets}
         return out
+
+
+def parse_set(assignment: str) -> tuple[str, Any]:
+    """'train.eval_batches=4' -> ('train.eval_batches', 4); the value is read as YAML
+    (numbers, booleans, null, lists, mappings). SpecError naming --set otherwise."""
+    import yaml
+
+    path, sep, raw = assignment.partition("=")
+    path = path.strip()
+    parts = path.split(".")
+    if not sep or len(parts) < 2 or not all(parts) or parts[0] not in _SECTIONS:
+        raise SpecError(f"expected SECTION.KEY=VALUE with SECTION one of {', '.join(_SECTIONS)} "
+                        f"(e.g. --set train.eval_batches=4), got {assignment!r}", path="--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise SpecError(f"{path}: value {raw!r} is not a YAML scalar, list or mapping",
+                        path="--set") from None
+    return path, value
 
 
 def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,11 +167,42 @@ def _check_overrides(ov: Overrides, presets: Mapping[str, Mapping[str, object]])
             raise bad("--seeds", "give at least one seed, e.g. --seeds 1,2")
         if len(set(ov.seeds)) != len(ov.seeds) or any(s < 0 for s in ov.seeds):
             raise bad("--seeds", f"seeds must be distinct and >= 0, got {list(ov.seeds)}")
+    for path, _ in ov.sets:
+        if path.split(".")[0] not in _SECTIONS:
+            raise bad("--set", f"{path}: unknown section (use one of {', '.join(_SECTIONS)})")
     if ov.dataset is not None:
         try:
             DataSection(dataset=ov.dataset)
         except ValueError:
             raise bad("--dataset", f"unknown dataset {ov.dataset!r} (use kjv, text:PATH or hf:NAME)") from None
+
+
+def _apply_sets(section: str, acc: dict[str, Any], sets: Sequence[tuple[str, Any]],
+                model: type[BaseModel]) -> dict[str, Any]:
+    """`acc` with the `--set` assignments of `section` applied and validated by the section's
+    pydantic model (unknown keys and wrong types are SpecErrors naming --set)."""
+    mine = [(path, value) for path, value in sets if path.split(".")[0] == section]
+    if not mine:
+        return acc
+    for path, value in mine:
+        *parents, last = path.split(".")[1:]
+        node = acc
+        for key in parents:
+            child = node.setdefault(key, {})
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"{path}: {key} is not a mapping", path="--set")
+            node = child
+        node[last] = copy.deepcopy(value)
+    try:
+        validated = model.model_validate(acc)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in (section, *err["loc"]))
+        raise SpecError(f"{where}: {err['msg']}", path="--set") from None
+    out: dict[str, Any] = validated.model_dump(mode="json")
+    return out
 
 
 def _inherited_seeds(spec: Spec, sid: str) -> list[int]:
@@ -184,7 +241,7 @@ def _resolve_step(spec: Spec, sid: str, presets: Mapping[str, Mapping[str, objec
             layer = getattr(spec.steps[anc], name)
             if layer is not None:
                 acc = deep_merge(acc, layer.model_dump(mode="json", exclude_unset=True))
-        sections[name] = acc
+        sections[name] = _apply_sets(name, acc, ov.sets, type(getattr(d, name)))
 
     def fail(path: str, msg: str) -> SpecError:
         return SpecError(msg, file=source, path=path)

@@ -11,7 +11,13 @@ from models.presets import PRESETS, TOKENIZER_VOCAB
 from orchestrator.core import ids
 from orchestrator.core.errors import SpecError, UnknownStep
 from orchestrator.core.plan import StudyPlan
-from orchestrator.core.resolve import Overrides, check_error_location, deep_merge, resolve
+from orchestrator.core.resolve import (
+    Overrides,
+    check_error_location,
+    deep_merge,
+    parse_set,
+    resolve,
+)
 from orchestrator.core.spec import Spec
 
 BASE: dict[str, Any] = {
@@ -277,3 +283,36 @@ def test_resolve_does_not_mutate_the_spec() -> None:
 def test_check_error_location(step: str, error: str, where: tuple[str, str]) -> None:
     spec = plan_of(BASE).spec
     assert check_error_location(spec, step, error) == where
+
+
+def test_set_overrides_reach_every_step_last_and_enter_the_hash() -> None:
+    sets = (parse_set("train.eval_batches=4"), parse_set("train.batch_size=2"),
+            parse_set("optimizer.spam.spike_z=3.5"), parse_set("data.tokenizer=byte"))
+    p = plan_of(BASE, overrides=Overrides(sets=sets))
+    assert p.overrides == {"set": {"train.eval_batches": 4, "train.batch_size": 2,
+                                   "optimizer.spam.spike_z": 3.5, "data.tokenizer": "byte"}}
+    for r in p.runs:
+        cfg = r.config
+        # V3 sets batch_size 4 itself: the command line wins over every spec layer
+        assert cfg["train"]["eval_batches"] == 4 and cfg["train"]["batch_size"] == 2
+        assert cfg["optimizer"]["spam"]["spike_z"] == 3.5
+        assert cfg["optimizer"]["spam"]["reset_interval"] == 1000  # siblings kept
+        assert cfg["model"]["vocab_size"] == TOKENIZER_VOCAB["byte"]
+    plain = {(r.step, r.seed): r.config_hash for r in plan_of(BASE).runs}
+    assert all(plain[(r.step, r.seed)] != r.config_hash for r in p.runs)
+    same = plan_of(BASE, overrides=Overrides(sets=(parse_set("train.lr=6e-4"),)))
+    assert {(r.step, r.seed): r.config_hash for r in same.runs} == plain
+
+
+@pytest.mark.parametrize(("assignment", "text"), [
+    ("train.eval_batchez=4", "--set: train.eval_batchez: Extra inputs are not permitted"),
+    ("train.batch_size=many", "--set: train.batch_size: Input should be a valid integer"),
+    ("train.budget.seconds=-1", "--set: train.budget.seconds: Input should be greater than 0"),
+    ("steps.V1.lr=1", "--set: expected SECTION.KEY=VALUE with SECTION one of model, data"),
+    ("train.lr", "--set: expected SECTION.KEY=VALUE"),
+])
+def test_bad_set_overrides_name_the_flag(assignment: str, text: str) -> None:
+    with pytest.raises(SpecError) as e:
+        plan_of(BASE, overrides=Overrides(sets=(parse_set(assignment),)))
+    assert str(e.value).startswith(text)
+    assert "\n" not in str(e.value)
