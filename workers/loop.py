@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import signal
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from orchestrator.core.states import AttemptState, FailureKind
 from workers import provenance as prov
 from workers.clock import Clock, SystemClock
 from workers.metrics_tail import JsonlTail, MetricRow, MetricThinner
-from workers.runner import AttemptProcess, Runner, SubprocessRunner
+from workers.runner import RUN_ATTEMPT, AttemptProcess, Runner, SubprocessRunner
 from workers.train import artifacts
 
 logger = logging.getLogger(__name__)
@@ -316,6 +317,8 @@ class WorkerLoop:
                     claimed.seed, claimed.attempt_no, extra=extra)
         claimed_at = self.clock.monotonic()
         try:
+            if claimed.previous_artifact_dir:  # before its checkpoint is looked for
+                self._stop_predecessor(Path(claimed.previous_artifact_dir))
             try:
                 outdir, resume_from = self._prepare_dir(claimed, code)
             except (ArtifactDirTaken, OSError) as e:
@@ -365,13 +368,29 @@ class WorkerLoop:
         else:
             outdir.mkdir(parents=True)
         if resume_from is None and claimed.previous_artifact_dir:
-            prev = Path(claimed.previous_artifact_dir)
-            if (prev / artifacts.CHECKPOINT).exists():
-                resume_from = prev
+            resume_from = latest_checkpoint_dir(Path(claimed.previous_artifact_dir))
         info["resume_from"] = str(resume_from) if resume_from else None
         artifacts.write_json_atomic(outdir / artifacts.CONFIG, claimed.config)
         artifacts.write_json_atomic(outdir / ATTEMPT_INFO, info)
         return outdir, resume_from
+
+    def _stop_predecessor(self, previous: Path) -> None:
+        """Before a run's next attempt starts, make sure its previous attempt's process is
+        gone on this host: an orphan of a dead worker got SIGTERM and checkpoints; one that
+        is still alive after kill_after_s is killed, so two attempts never train at once."""
+        pid = attempt_pid(previous)
+        if pid is None:
+            return
+        logger.warning("previous attempt %s still running as pid %s: stopping it", previous, pid,
+                       extra={"action": "predecessor_stopped", "pid": pid})
+        _signal_group(pid, signal.SIGTERM)
+        deadline = self.clock.monotonic() + self.settings.kill_after_s
+        while attempt_pid(previous) == pid and self.clock.monotonic() < deadline:
+            self.clock.sleep(0.1)
+        if attempt_pid(previous) == pid:
+            _signal_group(pid, signal.SIGKILL)
+            while attempt_pid(previous) == pid and self.clock.monotonic() < deadline + 10:
+                self.clock.sleep(0.1)
 
     def _finish_unstarted(self, claimed: ClaimedAttemptLike, error_type: str, message: str,
                           outdir: Path | None) -> AttemptOutcome:
@@ -662,6 +681,52 @@ _STATUS_KIND: dict[str, FailureKind] = {
     artifacts.STATUS_DIVERGED: FailureKind.DIVERGED,
     artifacts.STATUS_OOM: FailureKind.OOM,
 }
+
+
+def attempt_pid(outdir: Path) -> int | None:
+    """The pid of a live `workers.run_attempt ... OUTDIR` process on this host, from the
+    pid the trainer writes into progress.json (checked against its command line)."""
+    info = artifacts.read_json(outdir / artifacts.PROGRESS)
+    pid = info.get("pid") if isinstance(info, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return None
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except (OSError, IndexError):
+        return None
+    module = RUN_ATTEMPT[-1]
+    i = argv.index(module) if module in argv else -1
+    return pid if i >= 0 and len(argv) > i + 2 and argv[i + 2] == str(outdir) else None
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def latest_checkpoint_dir(previous: Path, *, hops: int = 100) -> Path | None:
+    """`previous` if it holds a checkpoint, else the attempt dir it resumed from (its
+    attempt.json), and so on: an attempt killed before it copied its predecessor's
+    checkpoint does not make the next one start from scratch."""
+    seen: set[Path] = set()
+    current: Path | None = previous
+    while current is not None and current not in seen and len(seen) < hops:
+        if (current / artifacts.CHECKPOINT).exists():
+            return current
+        seen.add(current)
+        info = artifacts.read_json(current / ATTEMPT_INFO)
+        nxt = info.get("resume_from") if isinstance(info, dict) else None
+        current = Path(nxt) if isinstance(nxt, str) and nxt else None
+    return None
 
 
 def default_worker_id(slot: str) -> str:

@@ -2,8 +2,9 @@
 
 Reads the resolved run config, prepares (or reuses) the data, builds the model, resumes
 from OUTDIR/checkpoint.pt when present (else from a previous attempt's checkpoint, which is
-copied, never modified), trains under the budget and writes the files of
-workers/train/artifacts.py. Exit 0 succeeded, 1 failed/diverged/oom (result.json says
+copied, never modified, together with that attempt's metrics.jsonl records up to the
+checkpoint's iteration, so the new attempt's metrics cover the whole run), trains under the
+budget and writes the files of workers/train/artifacts.py. Exit 0 succeeded, 1 failed/diverged/oom (result.json says
 why, with the traceback of an exception), 3 interrupted by SIGTERM/SIGINT after a checkpoint.
 """
 
@@ -81,6 +82,26 @@ def _attempt_label(outdir: Path) -> str:
             if info.get(key) is not None:
                 return str(info[key])
     return hashlib.sha256(str(outdir.resolve()).encode()).hexdigest()[:8]
+
+
+def carry_metrics(src: Path, dst: Path, upto: int) -> int:
+    """Copy the records of iterations <= `upto` from a previous attempt's metrics.jsonl into
+    a new `dst` (atomically), so an attempt resumed from that attempt's checkpoint holds the
+    run's whole series; returns how many. A half-written last line is skipped."""
+    if dst.exists() or not src.is_file():
+        return 0
+    kept = []
+    for line in src.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] <= upto:
+            kept.append(line + "\n")
+    tmp = dst.with_name(f".{dst.name}.tmp.{os.getpid()}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, dst)
+    return len(kept)
 
 
 def _peak_mem_mb(cuda: bool) -> float:
@@ -176,6 +197,7 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
 
     # -- resume: this attempt's own checkpoint, else a copy of a previous attempt's
     ckpt = outdir / artifacts.CHECKPOINT
+    previous: Path | None = None
     if not ckpt.exists() and resume_from is not None:
         src = resume_from / artifacts.CHECKPOINT if resume_from.is_dir() else resume_from
         if not src.is_file():
@@ -183,10 +205,14 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
         tmp = ckpt.with_name(f".{ckpt.name}.copy.{os.getpid()}")
         shutil.copyfile(src, tmp)
         os.replace(tmp, ckpt)
+        previous = src.parent
     loop_state = None
     if ckpt.exists():
         loop_state = load_checkpoint(ckpt, model=model, optimizer=optimizer, batches=batches, clock=clock)
         print(f"resumed from {ckpt} at iteration {loop_state['it']}", flush=True)
+        if previous is not None:  # the run's metrics up to the checkpoint come along with it
+            n = carry_metrics(previous / artifacts.METRICS, outdir / artifacts.METRICS, loop_state["it"])
+            print(f"carried {n} metric records (iterations <= {loop_state['it']}) from {previous}", flush=True)
 
     # -- sinks
     sinks: list[MetricsSink] = [JsonlSink(outdir / artifacts.METRICS)]

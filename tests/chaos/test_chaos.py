@@ -7,9 +7,11 @@ Asserted after each round:
 - no two attempts of one run ever ran at once: neither in the database (each attempt is
   claimed after the previous one ended) nor as processes (a /proc sampler every 50 ms);
 - every succeeded attempt's metrics are complete: its metrics.jsonl and its rows in the
-  database are the same (the study is small enough that no train metric is thinned), and
-  no attempt has a row its metrics.jsonl lacks;
-- a resumed run ends exactly where an uninterrupted one does (same final losses);
+  database are the same (the study is small enough that no train metric is thinned) and
+  cover the whole run from iteration 0, whichever attempts trained which part; no attempt
+  has a row its metrics.jsonl lacks;
+- a resumed run ends exactly where an uninterrupted one does (same final losses), and it
+  resumed from the newest checkpoint any earlier attempt of the run wrote;
 - no process is left behind.
 
 The PostgreSQL outage is `pg_terminate_backend` on every connection to the test database:
@@ -123,9 +125,10 @@ class AttemptSampler:
     def current(self) -> dict[int, str]:
         out = {}
         for pid, argv in processes_mentioning(str(self.runs_dir)).items():
-            if "workers.run_attempt" in argv and len(argv) >= 2:
-                outdir = next((a for a in reversed(argv) if a.startswith(str(self.runs_dir))), "")
-                out[pid] = outdir
+            if "workers.run_attempt" in argv:  # ... workers.run_attempt CONFIG OUTDIR [...]
+                i = argv.index("workers.run_attempt")
+                if len(argv) > i + 2:
+                    out[pid] = argv[i + 2]
         return out
 
     def _run(self) -> None:
@@ -254,6 +257,16 @@ def jsonl_rows(path: Path) -> dict[tuple[str, int], float]:
     return rows
 
 
+def checkpoint_iter(attempt_dir: Path) -> int:
+    """The iteration of the attempt's checkpoint (0 when it has none)."""
+    import torch
+
+    path = attempt_dir / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["loop"]["it"])
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def chaos_db(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
     if request.param == "sqlite":
@@ -325,18 +338,27 @@ def test_chaos_round(chaos_db: tuple[str, Any], chaos_round: int, tmp_path: Path
                 assert in_db == from_file, (r.step, a.attempt_no,
                                             set(in_db) ^ set(from_file))
                 assert a.result["iters"] == ITERS
-                assert ("val_loss", ITERS) in in_db
+                # the whole run's series, whichever attempt trained which part of it
+                assert {("loss", i) for i in range(2, ITERS + 1, 2)} <= set(in_db), r.step
+                assert {("val_loss", i) for i in (20, 40, 60)} <= set(in_db), r.step
             else:
                 assert set(in_db) <= set(from_file), (r.step, a.attempt_no)
                 assert all(from_file[k] == v for k, v in in_db.items())
         final = r.attempts[-1].result
+        saved = [checkpoint_iter(Path(a.artifact_dir or "")) for a in r.attempts[:-1]]
+        assert (final.get("resumed_from_iter") or 0) >= max(saved, default=0), (
+            f"{r.step}: resumed from {final.get('resumed_from_iter')}, but earlier attempts "
+            f"had checkpoints at {saved}")
         got = (final["final_val_loss"], final["final_train_loss"])
         expected = REFERENCE.setdefault(r.step, got)
         assert got == pytest.approx(expected, rel=1e-6, abs=1e-7), (
             f"{r.step}: resumed result {got} differs from {expected}")
     resumed = sum(1 for r in history.runs if (r.latest and r.latest.result.get(
         "resumed_from_iter") or 0) > 0)
+    fenced = sum(p.read_text().count("still running as pid")
+                 for p in tmp_path.glob("worker*.log"))
     repo.close()
     print(f"chaos round {chaos_round} on {db.split(':')[0].split('+')[0]}: {elapsed:.0f}s, "
           f"{len(monkey.log)} events ({'; '.join(monkey.log)}), {attempts_total} attempts "
-          f"for {len(history.runs)} runs, {resumed} finished from a checkpoint")
+          f"for {len(history.runs)} runs, {resumed} finished from a checkpoint, "
+          f"{fenced} orphaned attempt processes stopped by the next worker")
