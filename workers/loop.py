@@ -684,8 +684,9 @@ _STATUS_KIND: dict[str, FailureKind] = {
 
 
 def attempt_pid(outdir: Path) -> int | None:
-    """The pid of a live `workers.run_attempt ... OUTDIR` process on this host, from the
-    pid the trainer writes into progress.json (checked against its command line)."""
+    """The pid of a live attempt process of OUTDIR on this host: the pid the trainer writes
+    into progress.json, if that process writes its stdout to OUTDIR/stdout.log (a fresh or a
+    warm spare interpreter) or runs `workers.run_attempt CONFIG OUTDIR`."""
     info = artifacts.read_json(outdir / artifacts.PROGRESS)
     pid = info.get("pid") if isinstance(info, dict) else None
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
@@ -698,6 +699,11 @@ def attempt_pid(outdir: Path) -> int | None:
             argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
     except (OSError, IndexError):
         return None
+    try:
+        if os.readlink(f"/proc/{pid}/fd/1") == os.path.realpath(outdir / artifacts.LOG):
+            return pid
+    except OSError:
+        pass
     module = RUN_ATTEMPT[-1]
     i = argv.index(module) if module in argv else -1
     return pid if i >= 0 and len(argv) > i + 2 and argv[i + 2] == str(outdir) else None

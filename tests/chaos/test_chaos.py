@@ -123,12 +123,19 @@ class AttemptSampler:
     _thread: threading.Thread | None = None
 
     def current(self) -> dict[int, str]:
+        """pid -> attempt dir of every live attempt process: its stdout goes to
+        RUNS/.../attemptN/stdout.log (a fresh process or a warm spare alike)."""
         out = {}
-        for pid, argv in processes_mentioning(str(self.runs_dir)).items():
-            if "workers.run_attempt" in argv:  # ... workers.run_attempt CONFIG OUTDIR [...]
-                i = argv.index("workers.run_attempt")
-                if len(argv) > i + 2:
-                    out[pid] = argv[i + 2]
+        root = str(self.runs_dir.resolve())
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                log = os.readlink(f"/proc/{entry}/fd/1")
+            except OSError:
+                continue
+            if log.startswith(root) and log.endswith("/stdout.log") and _alive(int(entry)):
+                out[int(entry)] = str(Path(log).parent)
         return out
 
     def _run(self) -> None:

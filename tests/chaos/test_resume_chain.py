@@ -59,15 +59,20 @@ def test_carry_metrics_up_to_the_checkpoint(tmp_path: Path) -> None:
     assert not (tmp_path / "other.jsonl").exists()
 
 
-def _fake_attempt(outdir: Path, *, ignore_sigterm: bool) -> subprocess.Popen[bytes]:
-    """A process that looks like `... workers.run_attempt CONFIG OUTDIR` and has written its
-    pid to OUTDIR/progress.json, as an orphaned trainer has."""
+def _fake_attempt(outdir: Path, *, ignore_sigterm: bool, spare: bool) -> subprocess.Popen[bytes]:
+    """A process that has written its pid to OUTDIR/progress.json, as an orphaned trainer
+    has, and looks like `... workers.run_attempt CONFIG OUTDIR`, or (`spare`) like a warm
+    spare interpreter running the attempt: another command line, stdout to OUTDIR's log."""
     outdir.mkdir(parents=True)
     body = ("import signal, time\n"
             + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if ignore_sigterm else "")
             + "time.sleep(120)\n")
-    proc = subprocess.Popen([sys.executable, "-c", body, "workers.run_attempt",
-                             str(outdir / "config.json"), str(outdir)], start_new_session=True)
+    argv = [sys.executable, "-c", body]
+    if not spare:
+        argv += ["workers.run_attempt", str(outdir / "config.json"), str(outdir)]
+    with open(outdir / "stdout.log", "ab") as log:
+        proc = subprocess.Popen(argv, start_new_session=True,
+                                stdout=log if spare else subprocess.DEVNULL)
     (outdir / "progress.json").write_text(json.dumps({"pid": proc.pid, "iter": 7}))
     return proc
 
@@ -78,10 +83,12 @@ def _ignores_sigterm(pid: int) -> bool:
     return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
 
 
+@pytest.mark.parametrize("spare", [False, True], ids=["fresh", "spare"])
 @pytest.mark.parametrize("ignore_sigterm", [False, True])
-def test_next_attempt_stops_a_live_predecessor(tmp_path: Path, ignore_sigterm: bool) -> None:
+def test_next_attempt_stops_a_live_predecessor(tmp_path: Path, ignore_sigterm: bool,
+                                               spare: bool) -> None:
     previous = tmp_path / "attempt1"
-    proc = _fake_attempt(previous, ignore_sigterm=ignore_sigterm)
+    proc = _fake_attempt(previous, ignore_sigterm=ignore_sigterm, spare=spare)
     try:
         deadline = time.monotonic() + 10
         while attempt_pid(previous) != proc.pid or (ignore_sigterm and not _ignores_sigterm(proc.pid)):
