@@ -253,3 +253,17 @@ def test_sizes_are_checked_against_the_model():
         build(rmlp_cfg(R_ff=D_FF))
     with pytest.raises(ValueError, match="tie_to_attn_proj needs R_ff"):
         build(rmlp_cfg(R_ff=N_EMBD + 1, tie_to_attn_proj=True))
+
+
+def test_R_ff_frac_scales_the_reciprocal_width_with_the_preset():
+    # 0.375 is upstream's 1152/3072 split; the same knob builds at every size
+    from models.mechanisms.rmlp import Knobs
+    assert Knobs(R_ff_frac=0.375).width(3072) == 1152
+    assert Knobs(R_ff_frac=64 / 3072).width(3072) == 64
+    assert Knobs(R_ff_frac=0.375).width(512) == 192
+    assert Knobs().width(3072) == 64 and Knobs(R_ff=256).width(3072) == 256
+    m = build(cfg(mlp="rmlp", mlp_knobs={"R_ff_frac": 0.25}))
+    assert m.transformer.h[0].mlp.R_ff == round(0.25 * m.config.d_ff)
+    for bad in ({"R_ff": 64, "R_ff_frac": 0.5}, {"R_ff_frac": 1.0}, {"R_ff_frac": 0.0}):
+        with pytest.raises(ValueError):
+            Knobs(**bad)

@@ -95,8 +95,6 @@ def test_readme_lists_every_spec_level_knob() -> None:
 # `recip check --preset tiny` fails for reasons outside the specs (see the closing report):
 KNOWN_CHECK_FAILURES = {
     "kv_compression": "C1-C3: KVSplice acts after training (post_train); the probe calls it inert",
-    "rmlp_prune": "V3-V6: R_ff 512/1152 is absolute and exceeds D_ff = 512 at preset tiny",
-    "unified_ra": "V17/V18: R_ff 1152 is absolute and exceeds D_ff = 512 at preset tiny",
 }
 
 
