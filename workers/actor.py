@@ -51,13 +51,14 @@ class WorkerActor:
         from orchestrator.queue.repo import QueueRepo
 
         repo = QueueRepo.open(self.spec.db_url)
-        runner = SubprocessRunner(self.spec.runner_command, cwd=Path(self.spec.cwd))
+        runner = SubprocessRunner(self.spec.runner_command, cwd=Path(self.spec.cwd), warm=True)
         self.loop = WorkerLoop(repo, self.settings, runner=runner)
         if self._stop_requested:
             self.loop.stop()
         try:
             return self.loop.run()
         finally:
+            runner.close()
             close = getattr(repo, "close", None)
             if callable(close):
                 close()

@@ -75,14 +75,18 @@ class Slot:
 
 def slot_env(slot: Slot, extra: dict[str, str]) -> dict[str, str]:
     """The environment of a slot's actor and attempts: `extra`, plus, on a CPU slot with k
-    cores, RECIP_THREADS=k and OMP_NUM_THREADS=k (unless `extra` or this process's own
-    environment sets them), so k workers share the machine instead of each starting a
-    thread per core."""
+    cores, RECIP_THREADS=k, OMP_NUM_THREADS=k and OMP_WAIT_POLICY=PASSIVE (each unless
+    `extra` or this process's own environment sets it): k workers share the machine instead
+    of each starting a thread per core, and an OpenMP thread waiting for a busy core sleeps
+    instead of spinning (spinning made a tiny eval 20-40x slower on a loaded 2-core box,
+    docs/performance.md)."""
     env = dict(extra)
     if slot.threads is not None:
-        for key in (artifacts.THREADS_ENV, "OMP_NUM_THREADS"):
+        wanted = {artifacts.THREADS_ENV: str(slot.threads), "OMP_NUM_THREADS": str(slot.threads),
+                  "OMP_WAIT_POLICY": "PASSIVE"}
+        for key, value in wanted.items():
             if key not in env and key not in os.environ:
-                env[key] = str(slot.threads)
+                env[key] = value
     return env
 
 

@@ -4,13 +4,19 @@ The process gets its own session (so SIGTERM/SIGKILL reach its whole process gro
 stdout and stderr go to OUTDIR/stdout.log, it inherits the worker's environment (Ray's
 CUDA_VISIBLE_DEVICES included), and on Linux it receives SIGTERM if the worker dies, so a
 SIGKILLed worker leaves no orphan training behind (the trainer checkpoints and exits).
+
+With `warm=True` (the Ray workers' runner) a spare interpreter that has already imported
+torch (workers/spare.py) becomes the next attempt, which takes the imports off the time
+between the claim and the first training step; `close()` ends the spare.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -102,24 +108,106 @@ class SubprocessRunner:
     """The real runner: `python -m workers.run_attempt OUTDIR/config.json OUTDIR`.
 
     `command` replaces `python -m workers.run_attempt` (tests put a scripted fake trainer
-    there); `cwd` and `env` default to the worker's own.
+    there); `cwd` and `env` default to the worker's own. `warm` keeps a spare interpreter
+    (workers/spare.py) for the next attempt; it is started `spare_delay_s` after each spawn
+    and preloads wandb when the last attempt used W&B.
     """
 
     def __init__(self, command: Sequence[str] | None = None, *, cwd: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, warm: bool = False,
+                 spare_delay_s: float = 2.0) -> None:
         self.command = list(command) if command else [sys.executable, *RUN_ATTEMPT]
         self.cwd = cwd
         self.env = env
+        self.warm = warm and command is None
+        self.spare_delay_s = spare_delay_s
+        self._spare: subprocess.Popen[bytes] | None = None
+        self._spare_ready = False
 
-    def spawn(self, outdir: Path, *, resume_from: Path | None) -> AttemptProcess:
-        argv = [*self.command, str(outdir / artifacts.CONFIG), str(outdir)]
-        if resume_from is not None:
-            argv += ["--resume-from", str(resume_from)]
+    def _env(self) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        with open(outdir / artifacts.LOG, "ab") as log:
-            popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.cwd, env=env, start_new_session=True, preexec_fn=_PREEXEC,
-            )
+        return env
+
+    def spawn(self, outdir: Path, *, resume_from: Path | None) -> AttemptProcess:
+        argv = [str(outdir / artifacts.CONFIG), str(outdir)]
+        if resume_from is not None:
+            argv += ["--resume-from", str(resume_from)]
+        popen = self._hand_to_spare(argv, outdir / artifacts.LOG)
+        if popen is None:
+            with open(outdir / artifacts.LOG, "ab") as log:
+                popen = subprocess.Popen(
+                    [*self.command, *argv], stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, cwd=self.cwd, env=self._env(),
+                    start_new_session=True, preexec_fn=_PREEXEC,
+                )
+        if self.warm:
+            self._start_spare(wandb=_uses_wandb(outdir / artifacts.CONFIG))
         return SubprocessAttempt(popen)
+
+    def _hand_to_spare(self, argv: list[str], log: Path) -> subprocess.Popen[bytes] | None:
+        spare, self._spare, self._spare_ready = self._spare, None, False
+        if spare is None or spare.stdin is None:
+            return None
+        job = {"argv": argv, "log": str(log), "env": self._env(),
+               "cwd": str(self.cwd) if self.cwd is not None else os.getcwd()}
+        try:
+            if spare.poll() is not None:
+                raise OSError("the spare exited")
+            spare.stdin.write(json.dumps(job).encode() + b"\n")
+            spare.stdin.close()
+        except OSError:
+            _end(spare)
+            return None
+        if spare.stdout is not None:
+            spare.stdout.close()
+        return spare
+
+    def _start_spare(self, *, wandb: bool) -> None:
+        argv = [sys.executable, "-m", "workers.spare", "--delay", str(self.spare_delay_s)]
+        try:
+            self._spare = subprocess.Popen(
+                [*argv, *(["--wandb"] if wandb else [])], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.cwd,
+                env=self._env(), start_new_session=True, preexec_fn=_PREEXEC,
+            )
+        except OSError:
+            self._spare = None
+
+    def spare_ready(self, timeout: float = 0.0) -> bool:
+        """True once the spare has preloaded (waits up to `timeout` seconds for it)."""
+        spare = self._spare
+        if spare is None or spare.stdout is None or spare.poll() is not None:
+            return False
+        if not self._spare_ready and select.select([spare.stdout], [], [], timeout)[0]:
+            self._spare_ready = spare.stdout.readline().strip() == b"ready"
+        return self._spare_ready
+
+    def close(self) -> None:
+        """End the spare, if any (a running attempt is not touched)."""
+        spare, self._spare, self._spare_ready = self._spare, None, False
+        if spare is not None:
+            _end(spare)
+
+
+def _end(spare: subprocess.Popen[bytes]) -> None:
+    for stream in (spare.stdin, spare.stdout):
+        if stream is not None:
+            stream.close()
+    if spare.poll() is None:
+        try:
+            os.killpg(spare.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        spare.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _uses_wandb(config: Path) -> bool:
+    try:
+        mode = json.loads(config.read_text()).get("wandb", {}).get("mode", "offline")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return mode in ("offline", "online")

@@ -16,6 +16,7 @@ from workers.train.artifacts import THREADS_ENV
 def _no_thread_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(THREADS_ENV, raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
@@ -30,7 +31,8 @@ def test_cpu_slots_split_the_cores(tmp_path: Path, workers: int) -> None:
     assert init["num_cpus"] >= per * workers
     for s in cpu:
         env = slot_env(s, {"RECIP_DATA_DIR": "/data"})
-        assert env == {"RECIP_DATA_DIR": "/data", THREADS_ENV: str(per), "OMP_NUM_THREADS": str(per)}
+        assert env == {"RECIP_DATA_DIR": "/data", THREADS_ENV: str(per), "OMP_NUM_THREADS": str(per),
+                       "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_gpu_slots_get_no_thread_env() -> None:
@@ -40,6 +42,8 @@ def test_gpu_slots_get_no_thread_env() -> None:
 
 def test_explicit_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
     slot = Slot("cpu0", False, 4.0)
-    assert slot_env(slot, {"OMP_NUM_THREADS": "2"}) == {"OMP_NUM_THREADS": "2", THREADS_ENV: "4"}
+    assert slot_env(slot, {"OMP_NUM_THREADS": "2"}) == {
+        "OMP_NUM_THREADS": "2", THREADS_ENV: "4", "OMP_WAIT_POLICY": "PASSIVE"}
     monkeypatch.setenv(THREADS_ENV, "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert slot_env(slot, {}) == {"OMP_NUM_THREADS": "4"}

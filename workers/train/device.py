@@ -97,6 +97,7 @@ def setup_device(device: str = "auto", dtype: str = "auto", compile: bool = Fals
         "threads": torch.get_num_threads(),
         "threads_from": THREADS_ENV if threads is not None else
         ("OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else "torch default"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "torch_version": torch.__version__,
     }
     return setup
