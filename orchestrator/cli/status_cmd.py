@@ -7,6 +7,7 @@ someone is looking, without a cron job.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -47,7 +48,23 @@ def take_snapshot(repo: QueueRepo, study: str | None, *, reap: bool = True) -> S
         lost = repo.reap_expired(now)
         if lost:
             say(f"reaped {len(lost)} expired lease{'s' if len(lost) != 1 else ''}")
-    return repo.snapshot(now, study)
+    return with_analysis_flags(repo, repo.snapshot(now, study))
+
+
+def with_analysis_flags(repo: QueueRepo, snapshot: Snapshot) -> Snapshot:
+    """The snapshot with the report's per-run flags (failures, divergence, throughput
+    regressions, expected ranges, commit mismatches) added to each run's queue flags."""
+    from orchestrator.report.analysis import flags_for_runs
+
+    studies = []
+    for view in snapshot.studies:
+        flags = flags_for_runs(repo.study_results(view.name))
+        runs = tuple(
+            replace(run, flags=(*run.flags, *(f for f in flags.get((run.step, run.seed), ())
+                                              if f not in run.flags)))
+            for run in view.runs)
+        studies.append(replace(view, runs=runs))
+    return replace(snapshot, studies=tuple(studies))
 
 
 def status(

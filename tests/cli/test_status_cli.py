@@ -157,3 +157,27 @@ def test_status_and_unchecked_plan_never_import_torch(sqlite_url: str, tmp_path:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parents[2])
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_status_shows_the_reports_flags(study: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.core.states import AttemptState, FailureKind
+
+    with QueueRepo.open(study) as repo:
+        repo.register_worker("w", now(), host="h", gpu=None, pid=1)
+        for tokens_per_s, state, kind in ((1000.0, AttemptState.SUCCEEDED, None),
+                                          (800.0, AttemptState.FAILED, FailureKind.DIVERGED)):
+            claimed = repo.claim("w", now(), LEASE)
+            assert claimed is not None
+            repo.start(claimed.attempt_id, "w", now(), LEASE, artifact_dir=f"runs/{claimed.step}",
+                       code_sha="abc", code_dirty=False, diff_hash=None, host="h", gpu=None,
+                       pid=2, env={})
+            repo.finish(claimed.attempt_id, "w", now(), state, failure_kind=kind,
+                        result={"status": "succeeded" if kind is None else "diverged",
+                                "tokens_per_s": tokens_per_s, "best_val_loss": 3.0})
+    assert run(["status", "--db", study]) == 0
+    rows = {row[0]: " ".join(row) for row in table(capsys.readouterr().out)}
+    assert "diverged" in rows["V1"]
+    assert "diverged" not in rows["V0"]
+    assert run(["status", "--json", "--db", study]) == 0
+    runs = {r["step"]: r for r in json.loads(capsys.readouterr().out)["studies"][0]["runs"]}
+    assert any("diverged" in f for f in runs["V1"]["flags"]) and runs["V0"]["flags"] == []
