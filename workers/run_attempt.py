@@ -113,9 +113,12 @@ def _peak_mem_mb(cuda: bool) -> float:
 
 
 def _is_oom(exc: BaseException) -> bool:
+    """CUDA OOM, or a host allocation that failed (torch's CPU allocator, MemoryError)."""
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return (isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in text
+            or "can't allocate memory" in text or "cannot allocate memory" in text)
 
 
 def run(config_path: Path, outdir: Path, resume_from: Path | None = None) -> int:
