@@ -165,6 +165,8 @@ def _requeue(study: str, *, steps: str | None, states: list[str] | None, force: 
         runs = {(r.step, r.seed): r for r in history.runs if r.current}
     if co.dirty and co.policy == "head":
         say(f"warning: {co.root} has uncommitted changes; recorded as diff {co.diff_hash}")
+    if co.sha is None and co.policy == "head":
+        say(f"warning: {co.root} is not a git checkout; each worker records the commit it runs")
     if not created:
         say(_nothing_message(history, verb, states))
         return

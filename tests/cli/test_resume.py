@@ -412,3 +412,14 @@ def test_fix_commit_resume(tmp_path: Path, sqlite_url: str) -> None:
     assert _history(repo, "fix")[("V0", 1)] == [(1, "succeeded"), (2, "queued")]
     repo.close()
 
+
+
+def test_resume_outside_git(study: QueueRepo, db_url: str, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert run(["resume", "study", "--steps", "V1", "--db", db_url, "--code-root",
+                str(plain)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1] == "    (no commit to run)"
+    assert f"warning: {plain.resolve()} is not a git checkout" in err
