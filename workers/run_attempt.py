@@ -167,6 +167,7 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
     from workers.train.data import Batches
     from workers.train.device import setup_device
     from workers.train.loop import train
+    from workers.train.mfu import mfu, model_flops_per_token, peak_bf16_flops
     from workers.train.optim import build_optimizer
     from workers.train.sinks import JsonlSink, MetricsSink, TeeSink, WandbSink
 
@@ -248,6 +249,10 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
         tokens_per_s=round(out.tokens_per_s, 1), peak_mem_mb=round(_peak_mem_mb(dev.is_cuda), 1),
         resumed_from_iter=out.resumed_from_iter, spam=out.spam, post_train=out.post_train,
     )
+    fpt = model_flops_per_token(model)
+    peak = peak_bf16_flops(dev.precision["device_name"]) if dev.is_cuda and dev.dtype == torch.bfloat16 else None
+    result.update(flops_per_token=fpt, peak_flops=peak,
+                  mfu=None if (m := mfu(fpt, out.tokens_per_s, peak)) is None else round(m, 4))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,9 @@ RESULT_KEYS = (
     # added by the trainer (additive): exception traceback, mechanisms' post_train values,
     # the prepared dataset, process facts
     "traceback", "post_train", "dataset", "pid", "host", "started_at", "finished_at",
+    # added by the performance work (additive): 6N + 12LHQT training FLOPs per token, the
+    # device's dense bf16 peak and MFU (both None off CUDA/bf16 or on an unknown device)
+    "flops_per_token", "peak_flops", "mfu",
 )
 
 

@@ -67,6 +67,7 @@ def test_a_ready_spare_becomes_the_attempt_and_a_new_spare_waits(kjv_byte, data_
         result = json.loads((out / artifacts.RESULT).read_text())
         assert result["status"] == "succeeded" and result["iters"] == 3 and result["pid"] == spare_pid
         assert result["precision"]["threads"] == 1
+        assert result["flops_per_token"] > 0 and result["mfu"] is None and result["peak_flops"] is None
         assert "attempt succeeded (exit 0)" in (out / artifacts.LOG).read_text()
         nxt = runner._spare
         assert nxt is not None and nxt.pid != spare_pid
