@@ -325,9 +325,20 @@ def probe_inert_knobs(model: GPT, cfg: GPTConfig, slot: str, word: str, idx: tor
     knobs = registry.make_knobs(name, slot, given)
     defaults = {f.name: f.default for f in dataclasses.fields(knobs)}
     forced = bool(getattr(knobs, "force_gates_open", False))
+    post_train = frozenset(getattr(type(knobs), "POST_TRAIN", frozenset()))
     state = model.state_dict()
     for knob, value in given.items():
         if knob not in defaults or not _enabling(defaults[knob], value) or knob == "force_gates_open":
+            continue
+        if knob in post_train:
+            # acts only after training (KVSplice calibrates on the trained model, §19 #11):
+            # it must reach the trainer's post_train hook instead of changing the forward
+            if not any(callable(getattr(m, "post_train", None)) for m in model.modules()):
+                probe.inert.append(f"{word}.{name}.{knob}={value!r} acts after training, but no "
+                                   f"module of the model has a post_train hook")
+            else:
+                probe.warnings.append(f"{word}.{name}.{knob}={value!r} acts after training "
+                                      f"(post_train); not probed in the forward")
             continue
         ablated_knobs = {**given, knob: defaults[knob]}
         ablated_cfg = (dataclasses.replace(cfg, attn_knobs=ablated_knobs) if slot == "attn"

@@ -135,3 +135,15 @@ def test_check_model_accepts_a_resolved_model_dict_directly():
     assert c.params["total"] == sum(c.params[k] for k in ("embedding", "attention", "mlp", "mechanism", "norm"))
     bad = check_model(dict(model, n_head=5), step="X")
     assert not bad.ok and bad.error.startswith("model: n_embd (64) must be divisible by n_head (5)")
+
+
+def test_a_post_train_knob_is_not_probed_in_the_forward_but_said_so():
+    # KVSplice (C1-C3) acts through the trainer's post_train hook on the trained model; the
+    # forward probe must neither call it inert nor stay silent about it
+    checks = by_step(check_plan(plan("""
+  V19: {parent: V0, attention: {kv_prune: {keep_ratio: 0.5, recency: 8}}}
+  C1: {parent: V19, attention: {kv_prune: {keep_ratio: 0.5, recency: 8, kvsplice: {k: 8}}}}
+""", preset="tiny"), steps=["C1"]))
+    c1 = checks["C1"]
+    assert c1.ok, c1.error
+    assert any("kvsplice" in w and "post_train" in w for w in c1.warnings)

@@ -93,9 +93,7 @@ def test_readme_lists_every_spec_level_knob() -> None:
 
 
 # `recip check --preset tiny` fails for reasons outside the specs (see the closing report):
-KNOWN_CHECK_FAILURES = {
-    "kv_compression": "C1-C3: KVSplice acts after training (post_train); the probe calls it inert",
-}
+KNOWN_CHECK_FAILURES: dict[str, str] = {}
 
 
 @pytest.mark.slow
