@@ -107,7 +107,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             if ctx.aux_loss is not None:  # e.g. the learned KV keep-ratio cost (training only)
                 loss = loss + ctx.aux_loss
         return logits, loss

@@ -100,7 +100,7 @@ def check_plan_or_raise(plan: StudyPlan, file: str,
             say(f"warning: {c.step}: {w}")
         if c.identical_to:
             say(f"warning: {c.step} builds the same model as {c.identical_to}; "
-                "its runs only differ by step name")
+                "any difference between them comes from training settings, not the model")
     for c in checks:
         if not c.ok:
             error = (c.error or "the model check failed").splitlines()[0]
