@@ -325,12 +325,16 @@ class WorkerLoop:
                 return self._finish_unstarted(claimed, "ArtifactDirExists"
                                               if isinstance(e, ArtifactDirTaken)
                                               else type(e).__name__, str(e), None)
+            # rows already in metrics.jsonl (resumed in place) are in the database; measured
+            # before the spawn, since a warm attempt writes its first record within a second
+            metrics_path = outdir / artifacts.METRICS
+            offset = metrics_path.stat().st_size if metrics_path.exists() else 0
             try:
                 proc = self.runner.spawn(outdir, resume_from=resume_from)
             except OSError as e:
                 return self._finish_unstarted(claimed, type(e).__name__,
                                               f"cannot start the attempt: {e}", outdir)
-            return self._supervise(claimed, code, outdir, proc, claimed_at)
+            return self._supervise(claimed, code, outdir, proc, claimed_at, offset)
         finally:
             self.current_attempt = None
 
@@ -400,13 +404,10 @@ class WorkerLoop:
                             error_type, message, None)
 
     def _supervise(self, claimed: ClaimedAttemptLike, code: prov.CodeState, outdir: Path,
-                   proc: AttemptProcess, claimed_at: float) -> AttemptOutcome:
+                   proc: AttemptProcess, claimed_at: float, offset: int) -> AttemptOutcome:
         s = self.settings
         p = self._provenance or prov.collect()
-        offset = 0
         metrics_path = outdir / artifacts.METRICS
-        if metrics_path.exists():  # resumed in place: those rows are in the database already
-            offset = metrics_path.stat().st_size
         w = _Watch(claimed=claimed, outdir=outdir, proc=proc, lease_ok_at=claimed_at,
                    tail=JsonlTail(metrics_path, offset),
                    thinner=MetricThinner(s.metric_points, lambda: self._expected_records(w)))
