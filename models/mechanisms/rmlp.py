@@ -45,12 +45,11 @@ INJECT = ("none", "attn", "prev_attn")
 
 @dataclass(frozen=True, kw_only=True)
 class Knobs:
-    R_ff: int | None = None
-    """Width of the reciprocal branch; D_ff_std = D_ff - R_ff (§8.1; 64 ... 1920 in the studies).
-    null = 64, unless R_ff_frac is given."""
+    R_ff: int = 64
+    """Width of the reciprocal branch; D_ff_std = D_ff - R_ff (§8.1; 64 ... 1920 in the studies)."""
     R_ff_frac: float | None = None
-    """R_ff as a fraction of D_ff (R_ff = round(frac * D_ff)), so one spec builds at every
-    preset: 0.375 is the 1152/3072 split at GPT-2 size and 192/512 at `tiny`."""
+    """When given, replaces R_ff: R_ff = round(frac * D_ff), so one spec builds at every preset
+    (0.375 is the 1152/3072 split at GPT-2 size and 192/512 at `tiny`)."""
     use_mixer: bool = False
     """Learned R_ff x R_ff mixer after the low branch's GELU (V4, V6); init identity."""
     gate_mode: str = "none"
@@ -71,9 +70,7 @@ class Knobs:
     """w_rec fixed at its init (requires_grad False): the seed-003 V17; False = V18."""
 
     def __post_init__(self) -> None:
-        if self.R_ff is not None and self.R_ff_frac is not None:
-            raise ValueError("give R_ff or R_ff_frac, not both")
-        if self.R_ff is not None and self.R_ff <= 0:
+        if self.R_ff <= 0:
             raise ValueError(f"R_ff must be > 0, got {self.R_ff}")
         if self.R_ff_frac is not None and not 0.0 < self.R_ff_frac < 1.0:
             raise ValueError(f"R_ff_frac must be in (0, 1), got {self.R_ff_frac}")
@@ -82,7 +79,7 @@ class Knobs:
         """R_ff for an MLP of width d_ff."""
         if self.R_ff_frac is not None:
             return max(1, round(self.R_ff_frac * d_ff))
-        return 64 if self.R_ff is None else self.R_ff
+        return self.R_ff
         if self.gate_mode not in GATE_MODES:
             raise ValueError(f"gate_mode must be one of {', '.join(GATE_MODES)}, got {self.gate_mode!r}")
         if self.inject not in INJECT:

@@ -183,7 +183,11 @@ def submit(
 
     from orchestrator.queue.repo import QueueRepo
 
-    with QueueRepo.open(db_url(db)) as repo:
+    from orchestrator.cli.run_cmd import ensure_database
+
+    url = db_url(db)
+    ensure_database(url)  # the embedded default: a missing SQLite file is created at head
+    with QueueRepo.open(url) as repo:
         result = repo.submit(plan, datetime.now(UTC))
     if json_out:
         emit_json({**plan_json(plan), "queued_attempts": result.queued_attempts,

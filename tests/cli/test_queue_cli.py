@@ -169,10 +169,21 @@ def test_bad_options_are_one_line_errors(spec_file: Path, sqlite_url: str, args:
 
 def test_unmigrated_database_names_the_fix(spec_file: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"sqlite:///{tmp_path}/fresh.db"
+    (tmp_path / "empty.db").touch()  # exists, but has no schema: never migrated implicitly
+    url = f"sqlite:///{tmp_path}/empty.db"
     assert submit(spec_file, url) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "recip db upgrade" in err and err.count("\n") == 1
+
+
+def test_submit_creates_a_missing_sqlite_database(spec_file: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # the embedded default works on a fresh machine: `recip queue submit` needs no setup
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    assert submit(spec_file, url) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"created {url}"
+    assert (tmp_path / "fresh.db").exists()
 
 
 def test_password_is_never_printed(spec_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
