@@ -93,11 +93,17 @@ def test_missing_schema_and_corrupt_dataset_fail_with_their_fix(tmp_path, data_d
     data = bytearray(train_bin.read_bytes())
     data[0] ^= 1                                           # same size, other bytes
     train_bin.write_bytes(bytes(data))
-    rc, checks, _ = doctor(capsys, "--db", f"sqlite:///{tmp_path / 'none.db'}",
+    (tmp_path / "empty.db").touch()                        # a file without the schema
+    rc, checks, _ = doctor(capsys, "--db", f"sqlite:///{tmp_path / 'empty.db'}",
                            "--data-dir", str(data_dir), FAST)
     by = {c["check"]: c for c in checks}
     assert rc == 1
     assert by["db"]["status"] == "fail" and "run `recip db upgrade" in by["db"]["detail"]
+    # no file at all is the fresh embedded default: created by the first submit or run
+    rc, checks, _ = doctor(capsys, "--db", f"sqlite:///{tmp_path / 'none.db'}",
+                           "--skip=ray,gpus,datasets,tokenizer,wandb,disk")
+    (db,) = checks
+    assert rc == 0 and db["status"] == "warn" and "recip queue submit" in db["detail"]
     assert by["datasets"]["status"] == "fail" and "sha256 mismatch" in by["datasets"]["detail"]
     assert by["tokenizer"]["status"] == "ok"
 
