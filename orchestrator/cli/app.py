@@ -14,18 +14,6 @@ from typing import Annotated
 import click
 import typer
 
-# typer >= 0.24 vendors click (typer._click) and has its own Exit/Abort; older typer
-# re-exports click's. Catch both families so the boundary works with either.
-_EXIT: tuple[type[BaseException], ...] = (typer.Exit, click.exceptions.Exit)
-_ABORT: tuple[type[BaseException], ...] = (typer.Abort, click.exceptions.Abort)
-_USAGE: tuple[type[BaseException], ...] = (click.exceptions.ClickException,)
-try:
-    from typer._click import exceptions as _vendored
-
-    _USAGE = (_vendored.ClickException, click.exceptions.ClickException)
-except ImportError:  # pragma: no cover
-    pass
-
 from orchestrator.cli import (
     baseline_cmd,
     check_cmd,
@@ -42,6 +30,18 @@ from orchestrator.cli import (
 )
 from orchestrator.cli.common import redact, say
 from orchestrator.core.errors import RecipError
+
+# typer >= 0.24 vendors click (typer._click) and has its own Exit/Abort; older typer
+# re-exports click's. Catch both families so the boundary works with either.
+_EXIT: tuple[type[BaseException], ...] = (typer.Exit, click.exceptions.Exit)
+_ABORT: tuple[type[BaseException], ...] = (typer.Abort, click.exceptions.Abort)
+_USAGE: tuple[type[BaseException], ...] = (click.exceptions.ClickException,)
+try:
+    from typer._click import exceptions as _vendored
+
+    _USAGE = (_vendored.ClickException, click.exceptions.ClickException)
+except ImportError:  # pragma: no cover
+    pass
 
 app = typer.Typer(
     name="recip",

@@ -181,9 +181,8 @@ def submit(
         say(f"{len(plan.runs)} runs, {gpu}. Nothing queued (--plan).")
         return
 
-    from orchestrator.queue.repo import QueueRepo
-
     from orchestrator.cli.run_cmd import ensure_database
+    from orchestrator.queue.repo import QueueRepo
 
     url = db_url(db)
     ensure_database(url)  # the embedded default: a missing SQLite file is created at head

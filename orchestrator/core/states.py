@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 
 
-class AttemptState(str, enum.Enum):
+class AttemptState(enum.StrEnum):
     QUEUED = "queued"
     CLAIMED = "claimed"
     RUNNING = "running"
@@ -23,9 +23,6 @@ class AttemptState(str, enum.Enum):
     TIMED_OUT = "timed_out"
     LOST = "lost"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_terminal(self) -> bool:
@@ -65,7 +62,7 @@ def can_transition(src: AttemptState, dst: AttemptState) -> bool:
     return dst in ALLOWED[src]
 
 
-class FailureKind(str, enum.Enum):
+class FailureKind(enum.StrEnum):
     """Why a `failed` attempt failed; retries are bounded per kind."""
 
     EXCEPTION = "exception"      # the trainer raised; result.json has the type and message
@@ -73,9 +70,6 @@ class FailureKind(str, enum.Enum):
     DIVERGED = "diverged"        # NaN/inf loss
     CRASHED = "crashed"          # the process died without a result (signal, segfault)
     SPAWN = "spawn"              # the process could not be started
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def advice(self) -> str:
