@@ -51,9 +51,19 @@ def print_renderable(renderable: RenderableType, console: Console | None = None)
 def live(frame: Callable[[], tuple[RenderableType, bool]], *, interval: float = 2.0,
          console: Console | None = None, max_frames: int | None = None,
          sleep: Callable[[float], None] = time.sleep) -> int:
-    """Redraw `frame()` every `interval` s until it says done (or `max_frames`); frames drawn."""
+    """Redraw `frame()` every `interval` s until it says done (or `max_frames`); frames drawn.
+    Off a terminal (a pipe, a log file) only the last frame is printed, once."""
     drawn = 0
-    with Live(console=console or make_console(), auto_refresh=False,
+    console = console or make_console()
+    if not console.is_terminal:
+        while True:
+            renderable, done = frame()
+            drawn += 1
+            if done or (max_frames is not None and drawn >= max_frames):
+                console.print(renderable)
+                return drawn
+            sleep(interval)
+    with Live(console=console, auto_refresh=False,
               redirect_stdout=False, redirect_stderr=False) as lv:
         while True:
             renderable, done = frame()

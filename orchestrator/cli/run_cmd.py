@@ -115,7 +115,7 @@ def run(
             pool = WorkerPool(config)
             try:
                 slots = pool.start()
-                say(f"{len(slots)} workers ({', '.join(s.name for s in slots)}); "
+                say(f"{len(slots)} worker{'' if len(slots) == 1 else 's'} ({', '.join(s.name for s in slots)}); "
                     f"runs in {config.runs_dir}; Ctrl-C stops cleanly")
                 started = time.monotonic()
                 outcome = drive(pool, repo, study=plan.name, interval=interval,

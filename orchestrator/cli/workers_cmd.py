@@ -246,7 +246,8 @@ def up(
         try:
             slots = pool.start()
             where = f"Ray at {address}" if address else "local Ray"
-            title = (f"{len(slots)} workers ({', '.join(s.name for s in slots)}) on {where}; "
+            noun = "worker" if len(slots) == 1 else "workers"
+            title = (f"{len(slots)} {noun} ({', '.join(s.name for s in slots)}) on {where}; "
                      f"{redact(url)}; runs in {config.runs_dir}")
             say(title)
             result = drive(pool, repo, interval=interval,
