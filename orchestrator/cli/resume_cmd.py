@@ -159,7 +159,12 @@ def _requeue(study: str, *, steps: str | None, states: list[str] | None, force: 
     with QueueRepo.open(db_url(db)) as repo:
         history = repo.history(study)
         _check_steps(history, step_list)
-        co = checkout(code_root, history, code, allow_dirty)
+        pending = repo.resumable(study, steps=step_list, states=states, force=force)
+        # the code policy is checked always; a dirty tree matters only when attempts are queued
+        co = checkout(code_root, history, code, allow_dirty or not pending)
+        if not pending:
+            say(_nothing_message(history, verb, states))
+            return
         created = repo.new_attempts(study, datetime.now(UTC), steps=step_list, states=states,
                                     force=force, payload={**co.payload(), "by_command": verb})
         runs = {(r.step, r.seed): r for r in history.runs if r.current}

@@ -548,6 +548,17 @@ class QueueRepo:
             self._event(conn, ids, now, "cancelled", {"reason": "cancel"})
         return len(ids)
 
+    def resumable(self, study: str, *, steps: Sequence[str] | None = None,
+                  states: Sequence[str] | None = None,
+                  force: bool = False) -> list[tuple[str, int]]:
+        """(step, seed) of the runs `new_attempts` would queue now, without queueing them."""
+        wanted = self._wanted_states(states, force)
+        with self._tx(read_only=True) as conn:
+            sid = self._study_id(conn, study)
+            self._check_steps(conn, sid, study, steps)
+            return [(step, seed) for _, step, seed in
+                    self._select_resumable(conn, sid, steps, wanted, force)]
+
     def new_attempts(self, study: str, now: datetime, *, steps: Sequence[str] | None = None,
                      states: Sequence[str] | None = None,
                      force: bool = False,
@@ -557,47 +568,59 @@ class QueueRepo:
         state but succeeded; with `force`, any terminal state). Idempotent; returns
         (step, seed, attempt_no) created. `payload` is added to each `queued` event."""
         now = _aware(now)
-        if states is None:
-            wanted = {s.value for s in TERMINAL}
-            if not force:
-                wanted.discard(AttemptState.SUCCEEDED.value)
-        else:
-            bad = [s for s in states if s not in {t.value for t in TERMINAL}]
-            if bad:
-                raise QueueError(f"not terminal states: {', '.join(bad)} (terminal: "
-                                 f"{', '.join(sorted(t.value for t in TERMINAL))})")
-            wanted = set(states)
+        wanted = self._wanted_states(states, force)
         created: list[tuple[str, int, int]] = []
         with self._tx() as conn:
             self._lock_study(conn, study)
             sid = self._study_id(conn, study)
             self._check_steps(conn, sid, study, steps)
-            query = (sa.select(RunRow.id, RunRow.step_key, RunRow.seed)
-                     .where(RunRow.study_id == sid, RunRow.superseded_at.is_(None))
-                     .order_by(RunRow.id))
-            if steps is not None:
-                query = query.where(RunRow.step_key.in_(list(steps)))
-            runs = conn.execute(query).all()
-            history: dict[int, list[str]] = {}
-            for run_id, state in conn.execute(
-                sa.select(AttemptRow.run_id, AttemptRow.state)
-                .where(AttemptRow.run_id.in_(query.with_only_columns(RunRow.id)))
-                .order_by(AttemptRow.run_id, AttemptRow.attempt_no)
-            ):
-                history.setdefault(run_id, []).append(state)
-            for run_id, step, seed in runs:
-                seen = history.get(run_id, [])
-                if any(s in LIVE for s in seen):
-                    continue
-                if not force and AttemptState.SUCCEEDED.value in seen:
-                    continue
-                if seen and seen[-1] not in wanted:
-                    continue
+            for run_id, step, seed in self._select_resumable(conn, sid, steps, wanted, force):
                 no = self._queue_next(conn, run_id, now, reason="rerun" if force else "resume",
                                       after=None, bounded=False, payload=payload)
                 assert no is not None
                 created.append((step, seed, no))
         return created
+
+    @staticmethod
+    def _wanted_states(states: Sequence[str] | None, force: bool) -> set[str]:
+        if states is None:
+            wanted = {s.value for s in TERMINAL}
+            if not force:
+                wanted.discard(AttemptState.SUCCEEDED.value)
+            return wanted
+        bad = [s for s in states if s not in {t.value for t in TERMINAL}]
+        if bad:
+            raise QueueError(f"not terminal states: {', '.join(bad)} (terminal: "
+                             f"{', '.join(sorted(t.value for t in TERMINAL))})")
+        return set(states)
+
+    @staticmethod
+    def _select_resumable(conn: Connection, sid: int, steps: Sequence[str] | None,
+                          wanted: set[str], force: bool) -> list[tuple[int, str, int]]:
+        query = (sa.select(RunRow.id, RunRow.step_key, RunRow.seed)
+                 .where(RunRow.study_id == sid, RunRow.superseded_at.is_(None))
+                 .order_by(RunRow.id))
+        if steps is not None:
+            query = query.where(RunRow.step_key.in_(list(steps)))
+        runs = conn.execute(query).all()
+        history: dict[int, list[str]] = {}
+        for run_id, state in conn.execute(
+            sa.select(AttemptRow.run_id, AttemptRow.state)
+            .where(AttemptRow.run_id.in_(query.with_only_columns(RunRow.id)))
+            .order_by(AttemptRow.run_id, AttemptRow.attempt_no)
+        ):
+            history.setdefault(run_id, []).append(state)
+        out: list[tuple[int, str, int]] = []
+        for run_id, step, seed in runs:
+            seen = history.get(run_id, [])
+            if any(s in LIVE for s in seen):
+                continue
+            if not force and AttemptState.SUCCEEDED.value in seen:
+                continue
+            if seen and seen[-1] not in wanted:
+                continue
+            out.append((run_id, step, seed))
+        return out
 
     # -- workers ------------------------------------------------------------------------
 

@@ -423,3 +423,20 @@ def test_resume_outside_git(study: QueueRepo, db_url: str, tmp_path: Path,
     out, err = capsys.readouterr()
     assert out.splitlines()[1] == "    (no commit to run)"
     assert f"warning: {plain.resolve()} is not a git checkout" in err
+
+
+def test_a_dirty_tree_does_not_matter_when_nothing_would_be_queued(
+        repo: QueueRepo, db_url: str, plan_factory: Any, fake_clock: Any, checkout: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    repo.submit(plan_factory(steps=("V0",), name="done"), fake_clock.now())
+    claimed = repo.claim("w", fake_clock.now(), LEASE)
+    assert claimed is not None
+    repo.start(claimed.attempt_id, "w", fake_clock.now(), LEASE, artifact_dir="/r",
+               code_sha=None, code_dirty=None, diff_hash=None, host="box", gpu=None, pid=1,
+               env={})
+    repo.finish(claimed.attempt_id, "w", fake_clock.now(), AttemptState.SUCCEEDED,
+                result={"status": "succeeded"})
+    (checkout / "model.py").write_text("SCALE = 7\n")  # uncommitted
+    assert run(["resume", "done", "--db", db_url, "--code-root", str(checkout)]) == 0
+    assert capsys.readouterr().err == (
+        "resume: nothing to queue in study done (1 runs: 1 succeeded, 0 queued or running)\n")
