@@ -74,16 +74,16 @@ class Knobs:
             raise ValueError(f"R_ff must be > 0, got {self.R_ff}")
         if self.R_ff_frac is not None and not 0.0 < self.R_ff_frac < 1.0:
             raise ValueError(f"R_ff_frac must be in (0, 1), got {self.R_ff_frac}")
+        if self.gate_mode not in GATE_MODES:
+            raise ValueError(f"gate_mode must be one of {', '.join(GATE_MODES)}, got {self.gate_mode!r}")
+        if self.inject not in INJECT:
+            raise ValueError(f"inject must be one of {', '.join(INJECT)}, got {self.inject!r}")
 
     def width(self, d_ff: int) -> int:
         """R_ff for an MLP of width d_ff."""
         if self.R_ff_frac is not None:
             return max(1, round(self.R_ff_frac * d_ff))
         return self.R_ff
-        if self.gate_mode not in GATE_MODES:
-            raise ValueError(f"gate_mode must be one of {', '.join(GATE_MODES)}, got {self.gate_mode!r}")
-        if self.inject not in INJECT:
-            raise ValueError(f"inject must be one of {', '.join(INJECT)}, got {self.inject!r}")
 
 
 class ReciprocalMLP(nn.Module):
