@@ -83,9 +83,12 @@ def alive(pid: int) -> bool:
 
 
 class ProcessWatcher:
-    """Samples this process's descendants in the background (Ray's and the trainers')."""
+    """Samples this process's descendants in the background (Ray's and the trainers').
+    Processes that were already there when it started (e.g. multiprocessing's resource
+    tracker, left by an earlier test in the same session) are not this test's."""
 
     def __init__(self, every: float = 0.3) -> None:
+        self.before: set[int] = set()
         self.seen: set[int] = set()
         self.every = every
         self._stop = threading.Event()
@@ -93,10 +96,11 @@ class ProcessWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.seen |= descendants()
+            self.seen |= descendants() - self.before
             self._stop.wait(self.every)
 
     def __enter__(self) -> ProcessWatcher:
+        self.before = descendants()
         self._thread.start()
         return self
 
