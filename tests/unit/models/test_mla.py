@@ -13,7 +13,7 @@ from gen2_helpers import (
     assert_causal,
     build,
     cfg,
-    grads,
+    grad_norms,
     logits,
     meta_counts,
     one_step_lowers_loss,
@@ -198,7 +198,7 @@ def test_one_optimizer_step_lowers_the_loss(knobs):
 def test_gradients_reach_every_learnable_scalar_and_weight():
     m = build(cfg(attn_knobs=dict(latent_dim=L, ra_alpha=0.3, ra_window=4), mlp="reciprocal_mlp",
                   mlp_knobs=FULL_MLP))
-    g = grads(m)
+    g = grad_norms(m)
     dead = [n for n, v in g.items() if v == 0.0]
     assert not dead, f"no gradient: {dead}"
     scalars = m.mixing_scalars()

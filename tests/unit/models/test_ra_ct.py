@@ -12,7 +12,7 @@ from gen2_helpers import (
     assert_causal,
     build,
     cfg,
-    grads,
+    grad_norms,
     logits,
     meta_counts,
     one_step_lowers_loss,
@@ -117,7 +117,7 @@ def test_knobs_are_validated():
 @pytest.mark.parametrize("apply", ["output", "weights"])
 def test_one_step_lowers_loss_and_gradients_reach_scale_and_bias(apply):
     m = build(cfg(attn_knobs=dict(latent_dim=L, ra_ct="entropy", ra_ct_apply=apply)))
-    g = grads(m)
+    g = grad_norms(m)
     for layer in range(N_LAYER):
         assert g[f"transformer.h.{layer}.attn.ra_ct.scale"] > 0
         assert g[f"transformer.h.{layer}.attn.ra_ct.bias"] > 0

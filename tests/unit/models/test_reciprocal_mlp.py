@@ -11,7 +11,7 @@ from gen2_helpers import (
     assert_causal,
     build,
     cfg,
-    grads,
+    grad_norms,
     logits,
     meta_counts,
     one_step_lowers_loss,
@@ -246,7 +246,7 @@ def test_one_optimizer_step_lowers_the_loss(name):
 @pytest.mark.parametrize("name", ["all", "recip-untied", "recip-per-head", "cross-none-rank8"])
 def test_gradients_reach_every_learnable_parameter(name):
     m = build(mcfg(MECHS[name], attn_knobs=dict(latent_dim=L, ra_alpha=0.3)))
-    g = grads(m)
+    g = grad_norms(m)
     dead = [n for n, v in g.items() if v == 0.0]
     assert not dead, f"no gradient: {dead}"
     for key, p in m.mixing_scalars().items():
