@@ -23,7 +23,6 @@ import logging
 import os
 import platform
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.status_bench import STUDY, pg_db, populate, sqlite_db
+from bench.status_bench import STUDY, pg_db, populate, sqlite_db, timed
 from orchestrator.cli.app import run as cli
 from orchestrator.queue.db import make_engine, redact_url
 from orchestrator.queue.repo import QueueRepo
@@ -90,15 +89,6 @@ def fill_metrics(url: str, metrics: int, seed: int = 0) -> dict[str, Any]:
         engine.dispose()
     return {"metric_rows": int(stored), "series_rows_in_db": int(read), "records_per_attempt": records,
             "build_metrics_s": round(time.perf_counter() - t, 2)}
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times), out
 
 
 def measure(url: str, repeats: int, plot_dir: Path | None) -> dict[str, Any]:
