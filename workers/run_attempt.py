@@ -113,12 +113,28 @@ def _peak_mem_mb(cuda: bool) -> float:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    """CUDA OOM, or a host allocation that failed (torch's CPU allocator, MemoryError)."""
-    import torch
-
+    """CUDA OOM, or a host allocation that failed (torch's CPU allocator, MemoryError).
+    Never imports anything: torch may be the half-imported module that failed."""
+    torch = sys.modules.get("torch")
+    oom_types: tuple[type[BaseException], ...] = (MemoryError,)
+    if torch is not None and isinstance(getattr(torch, "OutOfMemoryError", None), type):
+        oom_types += (torch.OutOfMemoryError,)
     text = str(exc).lower()
-    return (isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in text
+    return (isinstance(exc, oom_types) or "out of memory" in text
             or "can't allocate memory" in text or "cannot allocate memory" in text)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """True when a stop signal's Interrupted was raised inside something (an import of a C
+    extension, say) that turned it into another exception."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, Interrupted):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def run(config_path: Path, outdir: Path, resume_from: Path | None = None) -> int:
@@ -139,6 +155,9 @@ def run(config_path: Path, outdir: Path, resume_from: Path | None = None) -> int
         result.update(status=artifacts.STATUS_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - recorded in result.json, never swallowed
         stop.starting = False
+        if _caused_by_interrupt(e):
+            result.update(status=artifacts.STATUS_INTERRUPTED)
+            return _finish(outdir, result)
         message = str(e).strip()
         result.update(
             status=artifacts.STATUS_OOM if _is_oom(e) else artifacts.STATUS_FAILED,
@@ -146,6 +165,10 @@ def run(config_path: Path, outdir: Path, resume_from: Path | None = None) -> int
             traceback=traceback.format_exc(),
         )
         traceback.print_exc()
+    return _finish(outdir, result)
+
+
+def _finish(outdir: Path, result: dict[str, Any]) -> int:
     result["finished_at"] = _now()
     artifacts.write_json_atomic(outdir / artifacts.RESULT, result)
     code = EXIT_FOR_STATUS.get(result["status"], artifacts.EXIT_FAILED)

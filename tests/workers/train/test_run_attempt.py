@@ -176,3 +176,21 @@ def test_a_corrupt_checkpoint_fails_with_a_clear_message(kjv_byte, data_root, tm
     result = json.loads((out / artifacts.RESULT).read_text())
     assert result["error_type"] == "CheckpointCorrupt"
     assert "delete it" in result["error_message"]
+
+
+def test_a_stop_signal_turned_into_another_error_by_an_import_still_counts_as_a_stop():
+    # SIGTERM while numpy's C extension imports: numpy re-raises our Interrupted as an
+    # ImportError; the attempt must still end `interrupted` (exit 3), not `failed`, and the
+    # OOM classifier must not import the half-imported module again
+    from workers.run_attempt import Interrupted, _caused_by_interrupt, _is_oom
+
+    try:
+        try:
+            raise Interrupted(15)
+        except Interrupted as stop:
+            raise ImportError('PyCapsule_Import could not import module "datetime"') from stop
+    except ImportError as err:
+        assert _caused_by_interrupt(err)
+        assert not _is_oom(err)
+    assert not _caused_by_interrupt(ValueError("a real failure"))
+    assert _is_oom(MemoryError()) and _is_oom(RuntimeError("CUDA out of memory. Tried ..."))
