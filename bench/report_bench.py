@@ -26,14 +26,14 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from bench.status_bench import STUDY, pg_db, populate, sqlite_db, timed
+from bench.status_bench import STUDY, insert_metrics, pg_db, populate, sqlite_db, timed
 from orchestrator.cli.app import run as cli
 from orchestrator.queue.db import make_engine, redact_url
 from orchestrator.queue.repo import QueueRepo
@@ -59,28 +59,18 @@ def fill_metrics(url: str, metrics: int, seed: int = 0) -> dict[str, Any]:
                 "SELECT id FROM attempts WHERE started_at IS NOT NULL ORDER BY id"))]
         per_record = len(TRAIN_NAMES) + (len(EVAL_NAMES) + len(STATS_NAMES)) / EVAL_EVERY
         records = max(1, int(metrics / (len(started) * per_record)))
-        insert = sa.text("INSERT INTO metrics (attempt_id, name, step, value) VALUES (:a, :n, :s, :v)")
-        rows: list[dict[str, Any]] = []
-        total = 0
-        with engine.begin() as conn:
+
+        def rows() -> Iterator[dict[str, Any]]:
             for a in started:
                 for r in range(records):
-                    step = 10 * (r + 1)
                     names = TRAIN_NAMES
                     if r % EVAL_EVERY == 0:
                         names = names + EVAL_NAMES + STATS_NAMES
                     for n in names:
-                        if total >= metrics:
-                            break
-                        rows.append({"a": a, "n": n, "s": step, "v": rng.random()})
-                        total += 1
-                if len(rows) >= 50_000:
-                    conn.execute(insert, rows)
-                    rows.clear()
-            if rows:
-                conn.execute(insert, rows)
+                        yield {"a": a, "n": n, "s": 10 * (r + 1), "v": rng.random()}
+
+        stored = insert_metrics(engine, rows(), limit=metrics)
         with engine.connect() as conn:
-            stored = conn.execute(sa.text("SELECT count(*) FROM metrics")).scalar_one()
             read = conn.execute(sa.text(
                 "SELECT count(*) FROM metrics m JOIN attempts a ON a.id = m.attempt_id "
                 "WHERE a.state = 'succeeded' AND (m.name = 'val_loss' OR m.name LIKE 'stats/%' "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -28,12 +29,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from models.presets import PRESETS, TOKENIZER_VOCAB
 from orchestrator.cli import render
@@ -107,32 +109,37 @@ def populate(url: str, runs: int, metrics: int) -> dict[str, Any]:
 
     t1 = time.perf_counter()
     per = max(1, metrics // (len(started) * len(METRIC_NAMES)))
-    rows: list[dict[str, Any]] = []
     engine = make_engine(url)
-    total = 0
     try:
-        with engine.begin() as conn:
-            insert = sa.text("INSERT INTO metrics (attempt_id, name, step, value) "
-                             "VALUES (:a, :n, :s, :v)")
+        def rows() -> Iterator[dict[str, Any]]:
             for a in started:
                 for name in METRIC_NAMES:
                     for s in range(per):
-                        if total >= metrics:
-                            break
-                        rows.append({"a": a, "n": name, "s": s * 10, "v": rng.random()})
-                        total += 1
-                if len(rows) >= 50_000:
-                    conn.execute(insert, rows)
-                    rows.clear()
-            if rows:
-                conn.execute(insert, rows)
-        with engine.connect() as conn:
-            stored = conn.execute(sa.text("SELECT count(*) FROM metrics")).scalar_one()
+                        yield {"a": a, "n": name, "s": s * 10, "v": rng.random()}
+
+        stored = insert_metrics(engine, rows(), limit=metrics)
     finally:
         engine.dispose()
     return {"runs": len(plan.runs), "started_attempts": len(started), "metric_rows": stored,
             "build_runs_s": round(built_runs_s, 2),
             "build_metrics_s": round(time.perf_counter() - t1, 2)}
+
+
+def insert_metrics(engine: Engine, rows: Iterable[dict[str, Any]], *, limit: int,
+                   batch: int = 50_000) -> int:
+    """Insert at most `limit` metric rows ({a, n, s, v}) in batches; the table's row count."""
+    insert = sa.text("INSERT INTO metrics (attempt_id, name, step, value) VALUES (:a, :n, :s, :v)")
+    with engine.begin() as conn:
+        buf: list[dict[str, Any]] = []
+        for row in itertools.islice(rows, limit):
+            buf.append(row)
+            if len(buf) >= batch:
+                conn.execute(insert, buf)
+                buf.clear()
+        if buf:
+            conn.execute(insert, buf)
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM metrics")).scalar_one())
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
