@@ -36,6 +36,22 @@ class AttemptResult:
 
 
 @dataclass(frozen=True)
+class SeedLook:
+    """One seed-adding look at a study (`recip seeds add`, one round of `--until-decided`).
+
+    The spec's own seeds are the pre-registered sample (look 0, not recorded here). Each
+    later look records when it was taken, which steps got more seeds, which seeds were added
+    and the per-side cap (`max_seeds`, None when uncapped). The report analyses a comparison
+    whose sample grew after a look with an alpha-spending rule across its looks, never as if
+    the sample had been fixed in advance."""
+
+    at: datetime
+    steps: tuple[str, ...]
+    seeds: tuple[int, ...]
+    max_seeds: int | None = None
+
+
+@dataclass(frozen=True)
 class StudyResults:
     """Everything the analysis of one study needs, in one read.
 
@@ -50,6 +66,8 @@ class StudyResults:
     steps: tuple[str, ...]
     """Step ids in spec order (including steps with no attempt yet)."""
     attempts: tuple[AttemptResult, ...] = ()
+    looks: tuple[SeedLook, ...] = ()
+    """Seed-adding looks in time order (filled from the database's events)."""
 
 
 MetricSeries = dict[int, dict[str, list[tuple[int, float]]]]
