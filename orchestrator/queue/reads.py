@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
 from orchestrator.core.views import RunView, Snapshot, StudyView, WorkerView
+from orchestrator.queue.looks import study_looks
 from orchestrator.queue.schema import AttemptRow, EventRow, MetricRow, RunRow, StudyRow, WorkerRow
 
 LEASED = ("claimed", "running")
@@ -174,7 +175,8 @@ def study_results(conn: Connection, study_id: int) -> StudyResults:
     )
     attempts.sort(key=lambda a: (order.get(a.step, (0, 0)), a.seed, a.attempt_no))
     return StudyResults(name=s.name, description=s.description, spec=s.spec_json,
-                        spec_hash=s.spec_hash, steps=tuple(steps), attempts=tuple(attempts))
+                        spec_hash=s.spec_hash, steps=tuple(steps), attempts=tuple(attempts),
+                        looks=study_looks(conn, study_id))
 
 
 def _name_prefix(conn: Connection, prefix: str) -> sa.ColumnElement[bool]:

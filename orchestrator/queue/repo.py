@@ -10,7 +10,7 @@ transaction. Methods take `now` (aware UTC) so tests drive time with a fake cloc
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -33,9 +33,10 @@ from orchestrator.core.plan import StudyPlan
 from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
 from orchestrator.core.states import TERMINAL, AttemptState, FailureKind, can_transition
 from orchestrator.core.views import Snapshot
-from orchestrator.queue import history, reads
+from orchestrator.queue import history, looks, reads
 from orchestrator.queue.db import READ_ONLY, describe_error, make_engine, redact_url
 from orchestrator.queue.history import StudyHistory
+from orchestrator.queue.looks import SeedsAdded
 from orchestrator.queue.schema import (
     AttemptRow,
     EventRow,
@@ -46,7 +47,7 @@ from orchestrator.queue.schema import (
 )
 from orchestrator.queue.types import ClaimedAttempt, SubmitResult, finite_json
 
-__all__ = ["ClaimedAttempt", "QueueRepo", "SubmitResult"]
+__all__ = ["ClaimedAttempt", "QueueRepo", "SeedsAdded", "SubmitResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -547,6 +548,36 @@ class QueueRepo:
             ).scalars())
             self._event(conn, ids, now, "cancelled", {"reason": "cancel"})
         return len(ids)
+
+    def add_seeds(self, study: str, now: datetime, *,
+                  seeds: Mapping[str, Sequence[int]] | None = None,
+                  counts: Mapping[str, int] | None = None, max_seeds: int | None = None,
+                  source: str = "seeds add") -> SeedsAdded:
+        """Add seeds to existing steps as new runs (attempt 1 queued) and record the look.
+
+        Give `seeds` (step -> seeds; those already present are skipped) or `counts` (step ->
+        how many more, chosen by `looks.choose_seeds` so the steps stay paired, and clipped
+        at `max_seeds` per step). Stored runs are never changed; nothing added = no look."""
+        now = _aware(now)
+        if (seeds is None) == (counts is None):
+            raise QueueError("add_seeds needs exactly one of seeds or counts")
+        asked = list(seeds if seeds is not None else counts or {})
+        if counts is not None and any(n < 1 for n in counts.values()):
+            raise QueueError(f"seed counts must be >= 1, got {dict(counts)}")
+        with self._tx() as conn:
+            self._lock_study(conn, study)
+            sid = self._study_id(conn, study)
+            self._check_steps(conn, sid, study, asked)
+            capped: list[str] = []
+            if counts is not None:
+                seeds, capped = looks.choose_seeds(looks.current_seeds(conn, sid), counts,
+                                                   max_seeds)
+            assert seeds is not None
+            out = looks.add_seeds(conn, sid, study, now, seeds, max_seeds=max_seeds,
+                                  capped=capped, source=source)
+        logger.info("seeds added", extra={"action": "seeds_added", "study": study,
+                                          "runs": out.runs})
+        return out
 
     def resumable(self, study: str, *, steps: Sequence[str] | None = None,
                   states: Sequence[str] | None = None,

@@ -5,6 +5,7 @@
     attempts  one per try of a run: state, lease, worker, code, progress, result
     workers   one per worker process (heartbeats)
     events    append-only history of every attempt transition
+    study_events  append-only study-level history (seeds added after a look)
     metrics   (attempt, name, step) -> value
 
 Invariants live in the database: UNIQUE(study_id, step_key, seed, config_hash) makes submit
@@ -183,6 +184,21 @@ class MetricRow(Base):
     step: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     value: Mapped[float | None] = mapped_column(sa.Float)
     """NULL reads back as NaN (SQLite stores NaN as NULL)."""
+
+
+class StudyEventRow(Base):
+    """A study-level event: `seeds_added` (payload: the look's seeds per step before, the
+    seeds added per step, the cap) is the record a sequential correction reads."""
+
+    __tablename__ = "study_events"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("studies.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    payload_json: Mapped[dict[str, Any] | None] = mapped_column(JSONDict())
 
 
 metadata = Base.metadata

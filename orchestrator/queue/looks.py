@@ -1,0 +1,177 @@
+"""Seeds added after a look: new runs for more seeds of existing steps, and the study-level
+record (`study_events`, kind `seeds_added`) the report's sequential correction reads.
+
+A new run copies the config of the step's current run with the lowest seed and changes only
+its `seed`, so overrides the study was submitted with (`--preset`, `--time`, `--set`, ...)
+are kept; its hash comes from `orchestrator.core.ids`. Stored runs are never changed: a
+(step, seed) that already has a current run is skipped (adding the same seeds twice adds
+nothing, and records no look).
+
+Functions take a connection inside the repo's transaction (`QueueRepo.add_seeds`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from orchestrator.core import ids
+from orchestrator.core.errors import QueueError
+from orchestrator.core.results import SeedLook
+from orchestrator.queue.schema import AttemptRow, EventRow, RunRow, StudyEventRow
+from orchestrator.queue.types import finite_json
+
+SEEDS_ADDED = "seeds_added"
+
+
+@dataclass(frozen=True)
+class SeedsAdded:
+    """What `QueueRepo.add_seeds` did: the seeds it added per step (new runs, each with
+    attempt 1 queued), the seeds that were already there, and the look it recorded."""
+
+    study: str
+    added: dict[str, tuple[int, ...]]
+    present: dict[str, tuple[int, ...]]
+    capped: tuple[str, ...] = ()
+    """Steps that got fewer seeds than asked because `max_seeds` was reached."""
+    look: int | None = None
+    """The id of the `seeds_added` study event (None when nothing was added)."""
+
+    @property
+    def runs(self) -> int:
+        return sum(len(s) for s in self.added.values())
+
+
+def current_seeds(conn: Connection, study_id: int) -> dict[str, list[int]]:
+    """step -> its current runs' seeds, ascending."""
+    out: dict[str, list[int]] = {}
+    for step, seed in conn.execute(
+        sa.select(RunRow.step_key, RunRow.seed)
+        .where(RunRow.study_id == study_id, RunRow.superseded_at.is_(None))
+        .order_by(RunRow.step_key, RunRow.seed)
+    ):
+        out.setdefault(step, []).append(seed)
+    return out
+
+
+def choose_seeds(current: Mapping[str, Sequence[int]], counts: Mapping[str, int],
+                 max_seeds: int | None = None) -> tuple[dict[str, list[int]], list[str]]:
+    """The seeds `counts` asks for, chosen so the steps stay paired: each step first takes
+    the study's seeds it lacks (ascending), then new seeds above the study's largest; with
+    `max_seeds` no step goes past that many seeds. Returns (step -> seeds, capped steps)."""
+    used = sorted({s for seeds in current.values() for s in seeds})
+    top = used[-1] if used else 0
+    out: dict[str, list[int]] = {}
+    capped: list[str] = []
+    for step, n in counts.items():
+        have = set(current.get(step, ()))
+        if max_seeds is not None and len(have) + n > max_seeds:
+            n = max(0, max_seeds - len(have))
+            capped.append(step)
+        pick = [s for s in used if s not in have][:n]
+        nxt = top + 1
+        while len(pick) < n:
+            pick.append(nxt)
+            nxt += 1
+        out[step] = pick
+    return out, capped
+
+
+def add_seeds(conn: Connection, study_id: int, study: str, now: datetime,
+              seeds: Mapping[str, Sequence[int]], *, max_seeds: int | None = None,
+              capped: Sequence[str] = (), source: str = "seeds add") -> SeedsAdded:
+    """Insert a run (attempt 1 queued) for every (step, seed) in `seeds` without a current
+    run, and one `seeds_added` study event when any was inserted."""
+    bad = sorted({s for ss in seeds.values() for s in ss if s < 0})
+    if bad:
+        raise QueueError(f"seeds must be >= 0, got {bad}")
+    current = current_seeds(conn, study_id)
+    missing = [step for step in seeds if step not in current]
+    if missing:
+        raise QueueError(f"study {study!r} has no current run of {', '.join(missing)} to copy "
+                         "the config from")
+    if max_seeds is not None:
+        over = [step for step, ss in seeds.items()
+                if len(set(current[step]) | set(ss)) > max_seeds]
+        if over:
+            raise QueueError(f"adding these seeds would give {', '.join(over)} more than "
+                             f"--max-seeds {max_seeds} seeds")
+    added: dict[str, tuple[int, ...]] = {}
+    present: dict[str, tuple[int, ...]] = {}
+    rows: list[dict[str, Any]] = []
+    for step, wanted in seeds.items():
+        have = set(current[step])
+        new = sorted(set(wanted) - have)
+        present[step] = tuple(sorted(set(wanted) & have))
+        if not new:
+            continue
+        source_run = conn.execute(
+            sa.select(RunRow.__table__)
+            .where(RunRow.study_id == study_id, RunRow.step_key == step,
+                   RunRow.superseded_at.is_(None))
+            .order_by(RunRow.seed).limit(1)
+        ).one()
+        for seed in new:
+            config = {**source_run.config_json, "seed": seed}
+            rows.append({
+                "study_id": study_id, "step_key": step, "seed": seed,
+                "config_hash": ids.config_hash(config), "config_json": config,
+                "parent_step": source_run.parent_step, "description": source_run.description,
+                "priority": source_run.priority, "max_attempts": source_run.max_attempts,
+                "budget_seconds": source_run.budget_seconds, "created_at": now,
+            })
+        added[step] = tuple(new)
+    if not rows:
+        return SeedsAdded(study=study, added={}, present=present, capped=tuple(capped))
+    run_ids = list(conn.execute(
+        sa.insert(RunRow).returning(RunRow.id, sort_by_parameter_order=True), rows
+    ).scalars())
+    attempt_ids = list(conn.execute(
+        sa.insert(AttemptRow).returning(AttemptRow.id, sort_by_parameter_order=True),
+        [{"run_id": rid, "attempt_no": 1, "state": "queued", "priority": r["priority"],
+          "created_at": now} for rid, r in zip(run_ids, rows, strict=True)],
+    ).scalars())
+    payload = {
+        "source": source, "max_seeds": max_seeds,
+        "before": {step: len(current[step]) for step in added},
+        "added": {step: list(s) for step, s in added.items()},
+    }
+    look: int = conn.execute(
+        sa.insert(StudyEventRow).values(study_id=study_id, at=now, kind=SEEDS_ADDED,
+                                        payload_json=finite_json(payload))
+        .returning(StudyEventRow.id)
+    ).scalar_one()
+    conn.execute(sa.insert(EventRow), [
+        {"attempt_id": a, "at": now, "kind": "queued",
+         "payload_json": {"reason": "seeds", "look": look, "source": source}}
+        for a in attempt_ids
+    ])
+    return SeedsAdded(study=study, added=added, present=present, capped=tuple(capped),
+                      look=look)
+
+
+def study_looks(conn: Connection, study_id: int) -> tuple[SeedLook, ...]:
+    """The study's seed-adding looks in time order. One recorded event that gave different
+    steps different seeds is one SeedLook per distinct seed set (all with its time)."""
+    out: list[SeedLook] = []
+    for at, payload in conn.execute(
+        sa.select(StudyEventRow.at, StudyEventRow.payload_json)
+        .where(StudyEventRow.study_id == study_id, StudyEventRow.kind == SEEDS_ADDED)
+        .order_by(StudyEventRow.at, StudyEventRow.id)
+    ):
+        body: dict[str, Any] = payload or {}
+        raw = body.get("added")
+        added: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        cap = body.get("max_seeds")
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for step, seeds in added.items():
+            groups.setdefault(tuple(int(s) for s in seeds), []).append(str(step))
+        for seeds, steps in groups.items():
+            out.append(SeedLook(at=at, steps=tuple(steps), seeds=seeds,
+                                max_seeds=int(cap) if isinstance(cap, int) else None))
+    return tuple(out)
