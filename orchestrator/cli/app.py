@@ -24,6 +24,7 @@ from orchestrator.cli import (
     report_cmd,
     resume_cmd,
     run_cmd,
+    seeds_cmd,
     status_cmd,
     wandb_cmd,
     workers_cmd,
@@ -66,6 +67,7 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(workers_cmd.app, name="workers")
 app.add_typer(wandb_cmd.app, name="wandb")
 app.add_typer(baseline_cmd.app, name="baseline")
+app.add_typer(seeds_cmd.app, name="seeds")
 status_cmd.register(app)
 run_cmd.register(app)
 check_cmd.register(app)
