@@ -120,9 +120,9 @@ def hours_per_seed(results: StudyResults) -> dict[str, float]:
     budget: dict[str, float] = {}
     took: dict[str, list[float]] = {}
     for a in results.attempts:
-        train = a.config.get("train") if isinstance(a.config.get("train"), dict) else {}
-        b = train.get("budget") if isinstance(train.get("budget"), dict) else {}
-        seconds = b.get("seconds")
+        train = a.config.get("train")
+        b = train.get("budget") if isinstance(train, dict) else None
+        seconds = b.get("seconds") if isinstance(b, dict) else None
         if isinstance(seconds, int | float) and seconds > 0:
             budget.setdefault(a.step, float(seconds))
         spent = a.result.get("train_s")
