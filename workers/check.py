@@ -44,6 +44,9 @@ class StepCheck:
     """None for the GPT-2 baseline; False when an enabled mechanism leaves the output unchanged."""
     identical_to: str | None = None
     """An earlier step whose resolved model is the same."""
+    intended_control: bool = False
+    """`identical_to` is declared as this step's intended control (an `analysis.pairs`
+    entry with `control: true`): the duplicate is on purpose, so no warning."""
     warnings: tuple[str, ...] = ()
     mechanisms: str = ""
     """`attn(knobs) + mlp(knobs)` as written in the resolved config."""
@@ -70,7 +73,9 @@ def check_plan(plan: StudyPlan, steps: Sequence[str] | None = None) -> list[Step
         check = check_model(run.config["model"], step=step)
         key = _model_key(run.config["model"])
         if key is not None and key in seen_models:
-            check = dataclasses.replace(check, identical_to=seen_models[key])
+            check = dataclasses.replace(
+                check, identical_to=seen_models[key],
+                intended_control=frozenset((step, seen_models[key])) in plan.controls)
         elif key is not None:
             seen_models[key] = step
         results.append(check)

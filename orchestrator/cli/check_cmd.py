@@ -54,7 +54,10 @@ def check(
             say(f"error: {file}: {c.step}: {c.error}")
         for w in c.warnings:
             say(f"warning: {c.step}: {w}")
-        if c.identical_to:
+        if c.identical_to and c.intended_control:
+            say(f"note: {c.step} builds the same model as {c.identical_to}: declared as an "
+                "intended control (analysis.pairs control: true)")
+        elif c.identical_to:
             same = _outside_model(firsts[c.step]) == _outside_model(firsts[c.identical_to])
             say(f"note: {c.step} builds the same model as {c.identical_to}"
                 + (": a duplicate step" if same else " (they differ outside `model`)"))

@@ -98,7 +98,7 @@ def check_plan_or_raise(plan: StudyPlan, file: str,
     for c in checks:
         for w in c.warnings:
             say(f"warning: {c.step}: {w}")
-        if c.identical_to:
+        if c.identical_to and not c.intended_control:
             say(f"warning: {c.step} builds the same model as {c.identical_to}; "
                 "any difference between them comes from training settings, not the model")
     for c in checks:

@@ -41,6 +41,15 @@ class StudyPlan:
     """Command-line overrides applied (--preset, --time, ...); part of every run's identity."""
 
     @property
+    def controls(self) -> frozenset[frozenset[str]]:
+        """The step pairs the spec declares as intended controls (`analysis.pairs` with
+        `control: true`, e.g. an A/A pair of steps that differ only in name), unordered."""
+        analysis = self.spec.get("analysis")
+        pairs = analysis.get("pairs") if isinstance(analysis, dict) else None
+        return frozenset(frozenset((str(p.get("a")), str(p.get("b"))))
+                         for p in pairs or () if isinstance(p, dict) and p.get("control"))
+
+    @property
     def steps(self) -> list[str]:
         seen: dict[str, None] = {}
         for r in self.runs:
