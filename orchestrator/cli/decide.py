@@ -156,9 +156,9 @@ def describe_open(o: Open, hours: Mapping[str, float], cap: int | None = None) -
 def decision_line(report: ReportLike, hours: Mapping[str, float], *,
                   cap: int | None = None, most: int = 3) -> str | None:
     """`4 of 6 comparisons decided; V4 vs V3 needs ~4 more seeds per side (about 0.8
-    GPU-hours)`; None for a study without comparisons."""
+    GPU-hours)`; None for a study without comparisons or none with results yet."""
     d = decision(report)
-    if d.total == 0:
+    if d.total == 0 or all(o.verdict == "pending" for o in d.open) and d.decided == 0:
         return None
     head = f"{d.decided} of {d.total} comparison{'s' if d.total != 1 else ''} decided"
     if not d.open:

@@ -75,6 +75,12 @@ def run(
     grace: GraceOption = 120.0,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the final report.")
                          ] = False,
+    until_decided: Annotated[bool, typer.Option(
+        "--until-decided", help="After each round, add seeds only to the steps of comparisons "
+        "still inconclusive whose seeds_needed fits under --max-seeds; stop when all are "
+        "decided or the cap is reached (each addition is a recorded look).")] = False,
+    max_seeds: Annotated[int, typer.Option(
+        "--max-seeds", help="Seeds per step --until-decided may grow to.", min=2)] = 8,
     interval: Annotated[float, typer.Option(hidden=True)] = 2.0,
 ) -> None:
     """Submit a study, run it on local workers with a live dashboard, then report it."""
@@ -123,6 +129,11 @@ def run(
                                 live=sys.stdout.isatty())
             finally:
                 pool.shutdown()
+            if until_decided and not outcome.stopped_by_signal:
+                from orchestrator.cli.seeds_cmd import run_until_decided
+
+                outcome = run_until_decided(repo, plan.name, config, outcome,
+                                            max_seeds=max_seeds, interval=interval)
         from orchestrator.cli.status_cmd import take_snapshot
 
         snap = take_snapshot(repo, plan.name)

@@ -8,8 +8,9 @@ sequential correction. Seeds already present are skipped; stored runs never chan
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,7 +18,10 @@ from orchestrator.cli.common import DbOption, JsonOption, db_url, emit_json, say
 from orchestrator.core.errors import RecipError
 
 if TYPE_CHECKING:
+    from orchestrator.cli.workers_cmd import DriveResult
     from orchestrator.queue.looks import SeedsAdded
+    from orchestrator.queue.repo import QueueRepo
+    from workers.pool import PoolConfig
 
 app = typer.Typer(help="Add seeds to a study's steps (recorded as a look).", no_args_is_help=True)
 
@@ -95,3 +99,61 @@ def add(
         say(line)
     if out.added:
         say("run them with `recip workers up --until-empty` (or `recip run FILE`)")
+
+
+# --- the composition behind `recip run FILE --until-decided` and the status line --------
+
+
+def study_decision(repo: QueueRepo, study: str, *, cap: int | None = None) -> str | None:
+    """The decision line of one study (`4 of 6 comparisons decided; ...`), from the final
+    metrics only (no metric series: the equal-budget verdicts), or None without comparisons."""
+    from orchestrator.cli.decide import decision_line, hours_per_seed
+    from orchestrator.report.analysis import analyze
+
+    results = repo.study_results(study)
+    return decision_line(analyze(results), hours_per_seed(results), cap=cap)
+
+
+def run_until_decided(repo: QueueRepo, study: str, config: PoolConfig, first: DriveResult, *,
+                      max_seeds: int, interval: float) -> DriveResult:
+    """After `recip run`'s first round: analyse, queue more seeds for the open comparisons
+    that fit under `max_seeds`, run the workers until the queue is empty, repeat; say why
+    it stopped. Returns the last round's DriveResult (`first` when none ran)."""
+    import sys
+
+    from orchestrator.cli import render
+    from orchestrator.cli.decide import hours_per_seed, until_decided
+    from orchestrator.cli.workers_cmd import drive
+    from orchestrator.report.analysis import analyze
+    from workers.pool import WorkerPool
+
+    last = [first]
+
+    def analyse() -> Any:
+        return analyze(repo.study_results(study))
+
+    def steps() -> list[str]:
+        return sorted({a.step for a in repo.study_results(study).attempts})
+
+    def add(counts: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+        out = repo.add_seeds(study, datetime.now(UTC), counts=counts, max_seeds=max_seeds,
+                             source="until-decided")
+        return out.added
+
+    def run_round() -> bool:
+        pool = WorkerPool(config)
+        try:
+            pool.start()
+            last[0] = drive(pool, repo, study=study, interval=interval,
+                            render=lambda snap, p: render.render_status(snap),
+                            live=sys.stdout.isatty())
+        finally:
+            pool.shutdown()
+        return not last[0].stopped_by_signal
+
+    stop = until_decided(analyse=analyse, steps=steps, add=add, run_round=run_round,
+                         cap=max_seeds, hours=lambda: hours_per_seed(repo.study_results(study)),
+                         say=say)
+    rounds = f" after {stop.rounds} added round{'s' if stop.rounds != 1 else ''}"
+    say(f"--until-decided stopped{rounds}: {stop.reason}")
+    return last[0]

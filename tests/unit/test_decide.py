@@ -66,6 +66,7 @@ def test_the_decision_line_names_the_open_comparison_and_its_cost():
         "(about 0.8 GPU-hours); V6 vs V0 is inconclusive; the seeds it needs cannot be "
         "estimated yet")
     assert decision_line(R(()), {}) is None
+    assert decision_line(R((C("V1", "V0", "pending"),)), {}) is None  # nothing ran yet
     assert decision_line(R((C("V1", "V0", "better"),)), {}) == "1 of 1 comparison decided"
     assert "over the --max-seeds 5 cap" in (decision_line(rep, hours, cap=5) or "")
 

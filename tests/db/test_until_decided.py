@@ -1,0 +1,106 @@
+"""`--until-decided` end to end on a real SQLite file and a real PostgreSQL, with the real
+analysis and a fake attempt runner (the one process boundary faked): seeds go only to the
+steps of the open comparison, every addition is a recorded look, the report applies the
+sequential correction to the grown comparison, and the loop says why it stopped."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+from models.presets import PRESETS, TOKENIZER_VOCAB
+from orchestrator.cli.decide import hours_per_seed, until_decided
+from orchestrator.cli.seeds_cmd import study_decision
+from orchestrator.core.loader import spec_from_text
+from orchestrator.core.resolve import resolve
+from orchestrator.core.states import AttemptState
+from orchestrator.report.analysis import analyze
+
+SPEC = """
+study: grow
+defaults:
+  model: {preset: tiny}
+  data: {dataset: kjv, tokenizer: byte}
+  train: {budget: {seconds: 90}}
+  seeds: [1, 2]
+steps:
+  V0: {description: baseline}
+  V1: {parent: V0, mlp: {rmlp: {R_ff: 64}}}
+  V2: {parent: V0, attention: {unified_ra: {R: 4}}}
+"""
+EFFECT = {"V0": 0.0, "V1": -0.04, "V2": 0.8}
+"""True effect per step: V2 is far worse (decided at once), V1 a little better (needs seeds)."""
+
+
+def loss(step: str, seed: int) -> float:
+    shared = random.Random(seed).gauss(0.0, 0.3)  # what a seed does to every step alike
+    own = random.Random(f"{step}/{seed}").gauss(0.0, 0.02)
+    return 3.0 + shared + EFFECT[step] + own
+
+
+class FakeRunner:
+    """Finishes every queued attempt as `succeeded` with the synthetic metric."""
+
+    def __init__(self, repo, clock) -> None:
+        self.repo, self.clock, self.rounds = repo, clock, 0
+
+    def run_round(self) -> bool:
+        self.rounds += 1
+        lease = timedelta(seconds=60)
+        while (c := self.repo.claim("fake", self.clock.now(), lease)) is not None:
+            self.repo.start(c.attempt_id, "fake", self.clock.now(), lease,
+                            artifact_dir=f"/tmp/fake/{c.attempt_id}", code_sha="a" * 40,
+                            code_dirty=False, diff_hash=None, host="h", gpu=None, pid=1,
+                            env={})
+            value = loss(c.step, c.seed)
+            self.clock.advance(90)
+            self.repo.finish(c.attempt_id, "fake", self.clock.now(), AttemptState.SUCCEEDED,
+                             exit_code=0, result={"best_val_loss": value,
+                                                  "final_val_loss": value, "train_s": 90.0,
+                                                  "iters": 100, "tokens": 100_000})
+        return True
+
+
+def test_seeds_go_where_they_decide_and_the_report_corrects_for_the_looks(repo, fake_clock):
+    plan = resolve(spec_from_text(SPEC, file="grow.yaml"), presets=PRESETS,
+                   vocab=TOKENIZER_VOCAB)
+    repo.submit(plan, fake_clock.now())
+    runner = FakeRunner(repo, fake_clock)
+    runner.run_round()
+    first = analyze(repo.study_results("grow"))
+    verdicts = {(c.a, c.b): c.verdict for c in first.comparisons}
+    assert verdicts == {("V1", "V0"): "inconclusive", ("V2", "V0"): "worse"}
+    line = study_decision(repo, "grow")
+    assert line is not None and line.startswith(
+        "1 of 2 comparisons decided; V1 vs V0 needs ~")
+    assert "GPU-hours" in line
+
+    said: list[str] = []
+
+    def add(counts):
+        return repo.add_seeds("grow", fake_clock.now(), counts=counts, max_seeds=8,
+                              source="until-decided").added
+
+    stop = until_decided(
+        analyse=lambda: analyze(repo.study_results("grow")),
+        steps=lambda: sorted({a.step for a in repo.study_results("grow").attempts}),
+        add=add, run_round=runner.run_round, cap=8,
+        hours=lambda: hours_per_seed(repo.study_results("grow")), say=said.append)
+
+    results = repo.study_results("grow")
+    seeds = {s: sorted({a.seed for a in results.attempts if a.step == s}) for s in EFFECT}
+    assert seeds["V2"] == [1, 2]  # decided at the first look: no seed spent on it
+    assert len(seeds["V1"]) > 2 and seeds["V1"] == seeds["V0"]  # paired seeds added
+    assert results.looks and all(set(lk.steps) == {"V0", "V1"} for lk in results.looks)
+    assert all(lk.max_seeds == 8 for lk in results.looks)
+    assert stop.rounds == len(results.looks) == runner.rounds - 1 and said
+    final = analyze(results)
+    grown = next(c for c in final.comparisons if c.a == "V1")
+    assert grown.sequential.startswith("O'Brien-Fleming alpha spending")
+    assert grown.looks[0] == 2 and len(grown.looks) == stop.rounds + 1
+    untouched = next(c for c in final.comparisons if c.a == "V2")
+    assert untouched.sequential == "" and untouched.verdict == "worse"
+    if stop.all_decided:
+        assert grown.verdict == "better" and stop.reason == "all 2 comparisons decided"
+    else:
+        assert seeds["V1"] == list(range(1, 9)) or "cannot decide the rest" in stop.reason
