@@ -104,3 +104,19 @@ def test_seeds_go_where_they_decide_and_the_report_corrects_for_the_looks(repo, 
         assert grown.verdict == "better" and stop.reason == "all 2 comparisons decided"
     else:
         assert seeds["V1"] == list(range(1, 9)) or "cannot decide the rest" in stop.reason
+
+
+def test_status_prints_the_decision_line(repo, db_url, fake_clock, capsys):
+    from orchestrator.cli.app import run
+
+    plan = resolve(spec_from_text(SPEC, file="grow.yaml"), presets=PRESETS,
+                   vocab=TOKENIZER_VOCAB)
+    repo.submit(plan, fake_clock.now())
+    assert run(["status", "grow", "--db", db_url]) == 0
+    assert "comparisons decided" not in capsys.readouterr().err  # nothing ran yet
+    FakeRunner(repo, fake_clock).run_round()
+    assert run(["status", "grow", "--db", db_url]) == 0
+    err = capsys.readouterr().err.splitlines()
+    line = next(x for x in err if x.startswith("grow: "))
+    assert line.startswith("grow: 1 of 2 comparisons decided; V1 vs V0 needs ~")
+    assert line.endswith("GPU-hours)")
