@@ -9,12 +9,25 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.report.analysis import Report
-from orchestrator.report.export import fmt_delta, fmt_int, fmt_mean, fmt_num, fmt_signed
+from orchestrator.report.export import (
+    comparison_notes,
+    fmt_ci,
+    fmt_delta,
+    fmt_int,
+    fmt_mean,
+    fmt_num,
+    fmt_p,
+    fmt_reading,
+    fmt_signed,
+    fmt_test,
+)
+from orchestrator.report.values import Report
 
 WIDTH = 100
-VERDICT_STYLE = {"better": "green", "worse": "red", "noise": "dim", "pending": "yellow"}
-RULE_STYLE = {"fired": "bold red", "quiet": "green", "pending": "yellow", "invalid": "magenta"}
+VERDICT_STYLE = {"better": "green", "worse": "red", "equivalent": "cyan", "inconclusive": "dim",
+                 "confounded": "magenta", "pending": "yellow"}
+RULE_STYLE = {"fired": "bold red", "quiet": "green", "pending": "yellow",
+              "inconclusive": "dim", "confounded": "magenta"}
 EXPECT_STYLE = {"inside": "green", "below": "red", "above": "red", "pending": "yellow",
                 "not comparable": "dim"}
 
@@ -33,9 +46,10 @@ def render_report(report: Report) -> RenderableType:
     """Header, steps, deltas, cumulative/monotonicity, expected ranges, rules, flags."""
     parts: list[RenderableType] = [Text.assemble(
         (f"{report.study}", "bold"),
-        f"  metric {report.metric}  noise: |delta| < max({report.noise_floor:g}, 2 s.e.)")]
+        f"  metric {report.metric}  alpha {report.alpha:g}  margin {report.margin:g}")]
     if report.description:
         parts.append(Text(report.description, style="dim"))
+    parts.append(Text(f"method: {report.method}", style="dim"))
 
     steps = Table(title="steps", title_justify="left", expand=False)
     for col in ("step", "parent", "status", "n", report.metric, "tok/s", "params", "commit"):
@@ -46,14 +60,21 @@ def render_report(report: Report) -> RenderableType:
     parts.append(steps)
 
     if report.comparisons:
-        deltas = Table(title="deltas (a - b)", title_justify="left")
-        for col in ("comparison", "delta", "±s.e.", "noise <", "verdict", "confounders / note"):
-            deltas.add_column(col, overflow="fold")
+        deltas = Table(title="deltas (a - b) at equal budget, interval; equal tokens beside",
+                       title_justify="left")
+        for col, wrap in (("comparison", True), ("delta / interval", False),
+                          ("p / adj", False), ("verdict", False), ("equal tokens", True),
+                          ("test, notes", True)):
+            deltas.add_column(col, overflow="fold", no_wrap=not wrap,
+                              min_width=17 if col == "comparison" else None)
         for c in report.comparisons:
-            deltas.add_row(c.label, fmt_delta(c), fmt_num(c.spread), fmt_num(c.threshold),
-                           Text(c.verdict, style=VERDICT_STYLE.get(c.verdict, "")),
-                           Text("; ".join(c.confounders), style="yellow") if c.confounders
-                           else Text(c.note, style="dim"))
+            deltas.add_row(
+                c.label, f"{fmt_delta(c)}\n{fmt_ci(c.ci, 3)}",
+                f"{fmt_p(c.p)}\n{fmt_p(c.p_adj)}",
+                Text(c.verdict, style=VERDICT_STYLE.get(c.verdict, "")),
+                "\n".join(fmt_reading(r, short=True) for r in c.readings[1:]) or "–",
+                Text("\n".join([fmt_test(c), *comparison_notes(c)]),
+                     style="yellow" if c.confounders else "dim"))
         parts.append(deltas)
 
     if report.cumulative:

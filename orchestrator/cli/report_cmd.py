@@ -16,7 +16,7 @@ from orchestrator.cli.common import DbOption, db_url, say
 if TYPE_CHECKING:
     from orchestrator.core.results import MetricSeries, StudyResults
     from orchestrator.queue.repo import QueueRepo
-    from orchestrator.report.analysis import Report
+    from orchestrator.report.values import Report
 
 
 class Format(enum.StrEnum):
@@ -42,7 +42,9 @@ def report(
     db: DbOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
-    """Per-step means over seeds, deltas with noise verdicts, expected ranges, rules, flags."""
+    """Per-step means over seeds; every comparison's delta, interval, raw and Holm-adjusted
+    p and verdict (better, worse, equivalent, inconclusive, confounded) at equal budget and
+    at equal tokens; expected ranges, rules, flags."""
     if json_out:
         fmt = Format.json
     from orchestrator.queue.repo import QueueRepo
@@ -78,12 +80,14 @@ def report(
 
 
 def load_series(repo: QueueRepo, results: StudyResults) -> MetricSeries:
-    """val_loss, stats/... and grad/... of every succeeded attempt, in three queries."""
+    """val_loss, the SPAM clip fraction, the KV keep ratio (and its gradients), stats/...
+    and grad/... of every succeeded attempt, in four queries."""
     ids = [a.attempt_id for a in results.attempts if a.state == "succeeded"]
     series: MetricSeries = {}
     if not ids:
         return series
-    for part in (repo.metric_series(ids, names=["val_loss"]),
+    for part in (repo.metric_series(ids, names=["val_loss", "spam_clip_frac"]),
+                 repo.metric_series(ids, prefix="kv_keep_ratio"),
                  repo.metric_series(ids, prefix="stats/"),
                  repo.metric_series(ids, prefix="grad/")):
         for aid, names in part.items():

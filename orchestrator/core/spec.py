@@ -232,14 +232,25 @@ class Step(_Strict):
 
 
 _CONDITIONS = ("worse_than", "not_better_than", "better_than",
-               "outside_expected", "diverged", "gate_collapsed")
+               "outside_expected", "diverged", "gate_collapsed", "no_gradient", "failed",
+               "slower")
 _COMPARISONS = ("worse_than", "not_better_than", "better_than")
 
 
+Alpha = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
 class Pair(_Strict):
+    """A declared comparison a vs b; `alpha`/`margin` override the study's for this pair.
+    `control: true` declares an intended control (e.g. an A/A pair: two steps that differ
+    only in name), which the duplicate-model check accepts."""
+
     a: str
     b: str
     label: str = ""
+    control: bool = False
+    alpha: Alpha | None = None
+    margin: NonNegativeFloat | None = None
 
 
 class Rule(_Strict):
@@ -252,6 +263,9 @@ class Rule(_Strict):
     outside_expected: bool | None = None
     diverged: bool | None = None
     gate_collapsed: bool | None = None
+    no_gradient: bool | None = None
+    failed: bool | None = None
+    slower: bool | None = None
     metric: str | None = None
     say: str
 
@@ -279,10 +293,21 @@ class Rule(_Strict):
 
 
 class Analysis(_Strict):
+    """How `recip report` decides (docs/specs.md, "Verdicts"): `alpha` is the two-sided
+    level of every comparison (Holm across the study's comparisons); `margin` the
+    equivalence margin (None: the noise floor, else 0: no `equivalent` verdict)."""
+
     pairs: list[Pair] = []
     rules: list[Rule] = []
     noise_floor: NonNegativeFloat | None = None
     metric: str = "best_val_loss"
+    alpha: Alpha = 0.05
+    margin: NonNegativeFloat | None = None
+
+    @property
+    def controls(self) -> tuple[tuple[str, str], ...]:
+        """(a, b) of the pairs declared as intended controls."""
+        return tuple((p.a, p.b) for p in self.pairs if p.control)
 
 
 class Spec(_Strict):

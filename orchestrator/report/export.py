@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from orchestrator.report.analysis import Comparison, Report, StepSummary
+from orchestrator.report.values import Comparison, Reading, Report, StepSummary
 
 
 def to_dict(report: Report) -> dict[str, Any]:
@@ -32,27 +32,31 @@ def to_markdown(report: Report, plots: Sequence[Path] = (), relative_to: Path | 
     lines = [f"# Study `{report.study}`", ""]
     if report.description:
         lines += [report.description, ""]
-    lines += [f"Metric: `{m}` (mean ± sample std over seeds). A delta is *noise* when "
-              f"|delta| < max(noise floor {report.noise_floor:g}, 2 × its standard error).", ""]
+    lines += [f"Metric: `{m}` (mean ± sample std over seeds), alpha {report.alpha:g}, "
+              f"equivalence margin {report.margin:g}.", "", f"Method: {report.method}.", ""]
     lines += ["## Steps", "", _row(["step", "parent", "mechanisms", "status", "n", m,
                                     "tokens/s", "params", "commit"]), _rule(9)]
     for s in report.steps:
         lines.append(_row([s.step, s.parent or "–", s.mechanisms or "–", s.status, str(s.n),
                            fmt_mean(s), fmt_int(s.tokens_per_s), fmt_int(s.params_total),
                            ",".join(s.commits) or "–"]))
-    lines += ["", "## Deltas", "", _row(["comparison", "kind", "delta", "±", "noise <",
-                                         "verdict", "confounders"]), _rule(7)]
+    lines += ["", "## Deltas", "", "At equal budget (the spec's metric at the end of each "
+              "run) and at equal tokens (val loss read at the same token count).", "",
+              _row(["comparison", "kind", "delta", "interval", "p", "p adj", "test",
+                    "verdict", "equal tokens", "confounders / notes"]), _rule(10)]
     for c in report.comparisons:
-        lines.append(_row([c.label, c.kind, fmt_delta(c), fmt_num(c.spread),
-                           fmt_num(c.threshold), c.verdict,
-                           "; ".join(c.confounders) or (c.note or "–")]))
+        lines.append(_row([c.label, c.kind, fmt_delta(c), fmt_ci(c.ci), fmt_p(c.p),
+                           fmt_p(c.p_adj), c.method or fmt_test(c), c.verdict,
+                           "; ".join(fmt_reading(r) for r in c.readings[1:]) or "–",
+                           "; ".join(comparison_notes(c)) or "–"]))
     if report.cumulative:
         lines += ["", "## Cumulative effect", "", _row(["step", "chain", "delta vs root",
-                                                        "predicted", "verdict"]), _rule(5)]
+                                                        "interval", "predicted", "verdict"]),
+                  _rule(6)]
         for cu in report.cumulative:
             pred = f"[{cu.predicted[0]:+.4f}, {cu.predicted[1]:+.4f}]" if cu.predicted else "–"
-            lines.append(_row([cu.step, " → ".join(cu.chain), fmt_signed(cu.delta), pred,
-                               cu.verdict]))
+            lines.append(_row([cu.step, " → ".join(cu.chain), fmt_signed(cu.delta),
+                               fmt_ci(cu.ci), pred, cu.verdict]))
     if report.chains:
         lines += ["", "## Monotonicity", ""]
         for ch in report.chains:
@@ -94,6 +98,56 @@ def fmt_delta(c: Comparison) -> str:
         return "pending"
     pct = f" ({c.delta_pct:+.2f}%)" if c.delta_pct is not None else ""
     return f"{c.delta:+.4f}{pct}"
+
+
+def fmt_ci(ci: tuple[float, float] | None, digits: int = 4) -> str:
+    return "–" if ci is None else f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    return "–" if p is None else "<1e-4" if p < 1e-4 else f"{p:.3g}"
+
+
+def fmt_test(c: Comparison) -> str:
+    """`paired df 2 n 3` / `Welch df 3.4 n 3/2` / `no test n 1/2`."""
+    if c.df is None:
+        return f"no test n {c.n_a}/{c.n_b}" if c.delta is not None else "–"
+    if c.paired:
+        return f"paired df {c.df:g} n {c.n_a}"
+    return f"Welch df {c.df:.1f} n {c.n_a}/{c.n_b}"
+
+
+def fmt_reading(r: Reading, short: bool = False) -> str:
+    """`-0.0123 [-0.020, -0.004] better @ 1.2M tokens` of an equal-token/FLOP reading
+    (`short`: without the interval, for the terminal table)."""
+    where = f"@ {fmt_big(r.at)} {r.basis}" if r.at is not None else ""
+    if r.verdict == "pending" or r.delta is None:
+        return f"{r.basis}: pending"
+    ci = "" if short else f" {fmt_ci(r.ci, 3)}"
+    return f"{r.delta:+.4f}{ci} {r.verdict} {where}".strip()
+
+
+def fmt_big(x: float) -> str:
+    for div, unit in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def comparison_notes(c: Comparison) -> list[str]:
+    """Confounders, the throughput/quality reading, the sequential rule, the seeds an
+    inconclusive comparison needs, other notes: in that order."""
+    out = list(c.confounders)
+    if c.interpretation:
+        out.append(c.interpretation)
+    if c.sequential:
+        out.append(c.sequential)
+    if c.verdict == "inconclusive":
+        out.append(f"needs ~{c.seeds_needed} seeds per side" if c.seeds_needed
+                   else "seeds needed: not estimable")
+    if c.note:
+        out.append(c.note)
+    return out
 
 
 def fmt_signed(x: float | None) -> str:

@@ -1,5 +1,7 @@
-"""PNG plots of a Report: val-loss curves (mean and min-max band over seeds), delta bars
-with error bars, gate trajectories. matplotlib (Agg) is imported inside `write_plots`."""
+"""PNG plots of a Report: val-loss curves (mean and min-max band over seeds; tokens on the x
+axis by default for time budgets), each comparison's interval coloured by its verdict
+(confounded ones hatched), gate trajectories and the learned KV keep ratio. matplotlib
+(Agg) is imported inside `write_plots`."""
 
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.core.results import MetricSeries
-from orchestrator.report.analysis import NOISE_Z, Report, is_gate_stat, split_stat
+from orchestrator.report.metrics import is_gate_stat, split_stat
+from orchestrator.report.rules import KV_KEEP
+from orchestrator.report.values import Report
 
 Curve = tuple[list[float], list[float], list[float], list[float]]
 """(x, mean, low, high)."""
 
-VERDICT_COLOURS = {"better": "#2a9d47", "worse": "#c0392b", "noise": "#8c8c8c"}
+VERDICT_COLOURS = {"better": "#2a9d47", "worse": "#c0392b", "equivalent": "#2b6cb0",
+                   "inconclusive": "#8c8c8c", "confounded": "#d69e2e"}
 
 
 def seed_band(curves: Sequence[Sequence[tuple[int, float]]]) -> Curve:
@@ -43,10 +48,17 @@ def _interp(curve: Sequence[tuple[int, float]], x: int) -> float | None:
     return pts[-1][1]
 
 
-def val_curves(report: Report, series: MetricSeries, name: str = "val_loss") -> dict[str, Curve]:
+def val_curves(report: Report, series: MetricSeries, name: str = "val_loss", *,
+               tokens: bool = False) -> dict[str, Curve]:
+    """step -> band over seeds; `tokens` puts tokens (iteration x the step's tokens per
+    iteration) on the x axis."""
     out = {}
+    per_iter = {s.step: s.tokens / s.iters for s in report.steps
+                if s.tokens and s.iters}
     for step, used in report.used_attempts.items():
-        curves = [series.get(aid, {}).get(name, []) for _, aid in used]
+        scale = per_iter.get(step, 1.0) if tokens else 1.0
+        curves = [[(int(it * scale), v) for it, v in series.get(aid, {}).get(name, [])]
+                  for _, aid in used]
         curves = [c for c in curves if c]
         if curves:
             out[step] = seed_band(curves)
@@ -62,7 +74,9 @@ def gate_curves(report: Report, series: MetricSeries) -> dict[str, dict[str, Cur
             by_key: dict[str, dict[int, list[float]]] = {}
             for name, points in series.get(aid, {}).items():
                 prefix, key, _ = split_stat(name)
-                if prefix != "stats" or not is_gate_stat(key):
+                if prefix == KV_KEEP:
+                    key = KV_KEEP
+                elif prefix != "stats" or not is_gate_stat(key):
                     continue
                 for it, v in points:
                     by_key.setdefault(key, {}).setdefault(it, []).append(v)
@@ -90,9 +104,12 @@ def curve_ylim(curves: Sequence[Curve]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def write_plots(report: Report, series: MetricSeries, out_dir: Path) -> list[Path]:
+def write_plots(report: Report, series: MetricSeries, out_dir: Path,
+                x_axis: str | None = None) -> list[Path]:
     """Write curves.png, deltas.png and gates.png (each only when it has data) into
-    `out_dir`; return the paths written."""
+    `out_dir`; return the paths written. `x_axis` of curves.png: "tokens" or "iteration";
+    None = tokens for a time budget (where steps see different token counts), else
+    iterations."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,7 +118,8 @@ def write_plots(report: Report, series: MetricSeries, out_dir: Path) -> list[Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    curves = val_curves(report, series)
+    by_tokens = (x_axis or ("tokens" if report.time_budget else "iteration")) == "tokens"
+    curves = val_curves(report, series, tokens=by_tokens)
     if curves:
         fig, ax = plt.subplots(figsize=(8, 5))
         for step, (x, mean, low, high) in curves.items():
@@ -109,7 +127,7 @@ def write_plots(report: Report, series: MetricSeries, out_dir: Path) -> list[Pat
             (line,) = ax.plot(x, mean, label=f"{step} (n={n})", linewidth=1.5)
             if n > 1:
                 ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel("tokens" if by_tokens else "iteration")
         ax.set_ylabel("val loss")
         ax.set_title(f"{report.study}: validation loss (mean, band = min-max over seeds)")
         ax.set_ylim(*curve_ylim(list(curves.values())))
@@ -121,17 +139,22 @@ def write_plots(report: Report, series: MetricSeries, out_dir: Path) -> list[Pat
     if deltas:
         fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(deltas) + 1)))
         ys = list(range(len(deltas)))[::-1]
-        err = [NOISE_Z * c.spread if c.spread is not None else 0.0 for c in deltas]
-        colours = [VERDICT_COLOURS.get(c.verdict, "#8c8c8c") for c in deltas]
-        ax.barh(ys, [c.delta or 0.0 for c in deltas], xerr=err, color=colours, capsize=3)
         for y, c in zip(ys, deltas, strict=True):
-            if c.threshold is not None:
-                ax.plot([-c.threshold, c.threshold], [y, y], color="black", alpha=0.25,
-                        linewidth=6, solid_capstyle="butt")
+            shade = VERDICT_COLOURS.get(c.verdict, "#8c8c8c")
+            d = c.delta or 0.0
+            lo, hi = c.ci if c.ci is not None else (d, d)
+            ax.barh(y, hi - lo, left=lo, height=0.5, color=shade, alpha=0.85,
+                    hatch="//" if c.verdict == "confounded" else None,
+                    edgecolor="black" if c.verdict == "confounded" else shade)
+            ax.plot([d, d], [y - 0.3, y + 0.3], color="black", linewidth=1.5)
+            if c.margin > 0:
+                ax.plot([-c.margin, c.margin], [y, y], color="black", alpha=0.2,
+                        linewidth=8, solid_capstyle="butt")
         ax.set_yticks(ys, [f"{c.label} [{c.verdict}]" for c in deltas], fontsize=8)
         ax.axvline(0.0, color="black", linewidth=0.8)
-        ax.set_xlabel(f"delta {report.metric} (error bars: 2 × s.e.; grey: noise band)")
-        ax.set_title(f"{report.study}: deltas")
+        ax.set_xlabel(f"delta {report.metric}: interval (Holm-adjusted level), tick = delta, "
+                      f"grey = ±margin; hatched = confounded", fontsize=8)
+        ax.set_title(f"{report.study}: deltas at equal budget")
         ax.grid(axis="x", alpha=0.3)
         written.append(_save(fig, plt, out_dir / "deltas.png"))
 
@@ -144,8 +167,8 @@ def write_plots(report: Report, series: MetricSeries, out_dir: Path) -> list[Pat
         all_keys = sorted({k for keys in gates.values() for k in keys})
         palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         colour = {k: palette[i % len(palette)] for i, k in enumerate(all_keys)}
-        for ax, (step, keys) in zip(axes.flat, gates.items(), strict=False):
-            for key, (x, mean, low, high) in keys.items():
+        for ax, (step, step_keys) in zip(axes.flat, gates.items(), strict=False):
+            for key, (x, mean, low, high) in step_keys.items():
                 ax.plot(x, mean, label=key, linewidth=1.2, color=colour[key])
                 ax.fill_between(x, low, high, color=colour[key], alpha=0.2, linewidth=0)
             ax.set_title(step, fontsize=9)
@@ -154,7 +177,7 @@ def write_plots(report: Report, series: MetricSeries, out_dir: Path) -> list[Pat
             ax.legend(fontsize=6)
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
-        fig.suptitle(f"{report.study}: gate / mixing-scalar trajectories (mean over layers)")
+        fig.suptitle(f"{report.study}: gates, mixing scalars, KV keep ratio (mean over layers)")
         written.append(_save(fig, plt, out_dir / "gates.png"))
     return written
 

@@ -84,8 +84,11 @@ class CompareResult:
 
 
 def compare(a: Mapping[int, float], b: Mapping[int, float], *, lower_is_better: bool = True,
-            margin: float = 0.0, alpha: float = 0.05) -> CompareResult:
-    """Test mean(a) - mean(b); see the module docstring for the method and the verdicts."""
+            margin: float = 0.0, alpha: float = 0.05,
+            estimate_seeds: bool = True) -> CompareResult:
+    """Test mean(a) - mean(b); see the module docstring for the method and the verdicts.
+    `estimate_seeds=False` skips the power search (seeds_needed None): for a first pass
+    that only needs p."""
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if margin < 0 or not math.isfinite(margin):
@@ -103,7 +106,7 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], *, lower_is_better: 
         dropped = len(xa) + len(xb) - 2 * n
         method = f"paired t on {n} shared seeds (df {n - 1})" + (
             f"; {dropped} unshared seed(s) left out" if dropped else "")
-        needed = _needed_paired(delta, sd, alpha, margin)
+        needed = _needed_paired(delta, sd, alpha, margin) if estimate_seeds else None
         return _decide(delta, se, df, n, n, True, method, needed, sd=sd, alpha=alpha,
                        margin=margin, lower_is_better=lower_is_better)
     na, nb = len(xa), len(xb)
@@ -119,14 +122,15 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], *, lower_is_better: 
         # one seed on a side: no spread for it, so no test; estimate the seeds a test would
         # need by assuming that side spreads like the other
         s = sa if sa is not None else sb
-        needed = _needed_welch(delta, s, s, alpha, margin) if s is not None else None
+        needed = (_needed_welch(delta, s, s, alpha, margin)
+                  if s is not None and estimate_seeds else None)
         return CompareResult("inconclusive", delta, None, None, None, na, nb, False,
                              f"one seed on a side (n {na} vs {nb}): no test", needed,
                              sd_a=sa, sd_b=sb, alpha=alpha, margin=margin,
                              lower_is_better=lower_is_better)
     se, df = _welch(sa, sb, na, nb)
     method = f"Welch t (df {df:.1f}, n {na} vs {nb})"
-    needed = _needed_welch(delta, sa, sb, alpha, margin)
+    needed = _needed_welch(delta, sa, sb, alpha, margin) if estimate_seeds else None
     return _decide(delta, se, df, na, nb, False, method, needed, sd_a=sa, sd_b=sb,
                    alpha=alpha, margin=margin, lower_is_better=lower_is_better)
 

@@ -4,7 +4,6 @@ with synthetic results, then study_results -> analyze."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -80,7 +79,8 @@ def test_known_deltas_and_rules_quiet(repo, fake_clock) -> None:
     assert all(s.status == "done" and s.n == 2 for s in rep.steps)
     c = rep.comparison("step1", "baseline")
     assert c.delta == pytest.approx(-0.05, abs=1e-9)
-    assert c.spread == pytest.approx(math.sqrt(2) * 0.01, abs=1e-9)
+    # every seed gains exactly 0.05: a paired test with no spread in the differences
+    assert c.paired and c.ci == pytest.approx((-0.05, -0.05), abs=1e-9)
     assert c.verdict == "better" and c.confounders == ()
     assert rep.comparison("step5", "step4", "pair").delta == pytest.approx(-0.10, abs=1e-9)
     assert [r.status for r in rep.rules] == ["quiet"] * 6
@@ -90,12 +90,13 @@ def test_known_deltas_and_rules_quiet(repo, fake_clock) -> None:
     assert flags_for_runs(results) == {("baseline", 2): ("best_val_loss outside [3.6004, 3.6304]",)}
 
 
-def test_delta_inside_seed_noise_is_noise(repo, fake_clock) -> None:
+def test_delta_inside_seed_spread_is_inconclusive(repo, fake_clock) -> None:
     submit(repo, fake_clock.now())
     work(repo, fake_clock, dict(GOOD, step1=[3.58, 3.66]))
     _, rep = report_of(repo)
     c = rep.comparison("step1", "baseline")
-    assert c.delta == pytest.approx(-0.01, abs=1e-9) and c.verdict == "noise"
+    assert c.delta == pytest.approx(-0.01, abs=1e-9) and c.verdict == "inconclusive"
+    assert c.ci is not None and c.ci[0] < 0 < c.ci[1] and c.seeds_needed is not None
 
 
 @pytest.mark.parametrize(("step", "values"), [

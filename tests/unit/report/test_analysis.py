@@ -30,35 +30,73 @@ def test_known_deltas_come_out_exactly(build, spec000) -> None:
     assert c.kind == "parent"
     assert c.delta == pytest.approx(-0.05, abs=1e-12)
     assert c.delta_pct == pytest.approx(-0.05 / 3.63 * 100, abs=1e-9)
-    # se of the difference: sqrt(s^2/2 + s^2/2) = s = 0.01414
-    assert c.spread == pytest.approx(math.sqrt(2) * 0.01, abs=1e-12)
-    assert c.threshold == pytest.approx(2 * math.sqrt(2) * 0.01, abs=1e-12)
-    assert c.verdict == "better"
+    # both seeds improve by exactly 0.05: the paired differences have no spread
+    assert c.paired and (c.n_a, c.n_b, c.df) == (2, 2, 1.0)
+    assert c.ci == pytest.approx((-0.05, -0.05), abs=1e-9)
+    assert c.verdict == "better" and c.seeds_needed is None
+    assert c.method == "paired t on 2 shared seeds (df 1)"
     pair = rep.comparison("step4", "step2", "pair")
     assert pair.kind == "pair" and pair.label == "optimizer (2 vs 4)"
-    assert pair.delta == pytest.approx(0.0, abs=1e-12) and pair.verdict == "noise"
+    # identical values and no margin: nothing says they are the same within a margin
+    assert pair.delta == pytest.approx(0.0, abs=1e-12) and pair.verdict == "inconclusive"
     assert c.confounders == ()
+    # 5 parent links + 2 pairs, both of which are parent links too: 5 tests
+    assert "paired t on shared seeds" in rep.method and "Holm across 5 " in rep.method
+    assert rep.comparison("step4", "step2", "pair").p == rep.comparison("step4", "step2").p
 
 
-def test_delta_inside_seed_noise_is_noise(build, spec000) -> None:
-    data = dict(GOOD, step1=[3.58, 3.66])  # mean 3.62 vs 3.63: -0.01, spread 0.0316
+def test_paired_numbers_match_scipy_and_holm_adjusts(build, spec000) -> None:
+    from scipy import stats
+
+    data = dict(GOOD, step1=[3.57, 3.60])          # diffs -0.05, -0.04 vs baseline
+    rep = analyze(build(spec000(), data))
+    c = rep.comparison("step1", "baseline")
+    ref = stats.ttest_rel([3.57, 3.60], [3.62, 3.64])
+    assert c.p == pytest.approx(ref.pvalue, rel=1e-9)
+    assert c.delta == pytest.approx(-0.045, abs=1e-12)
+    assert c.p_adj is not None and c.p_adj >= c.p
+    assert c.verdict == "inconclusive" and c.ci is not None and c.ci[0] < 0 < c.ci[1]
+    assert c.seeds_needed is not None and c.seeds_needed > 2
+
+
+def test_delta_inside_seed_spread_is_inconclusive(build, spec000) -> None:
+    data = dict(GOOD, step1=[3.58, 3.66])  # mean 3.62 vs 3.63: -0.01, paired diffs -0.04, +0.02
     c = analyze(build(spec000(), data)).comparison("step1", "baseline")
     assert c.delta == pytest.approx(-0.01, abs=1e-12)
-    assert c.verdict == "noise"
+    assert c.verdict == "inconclusive" and c.seeds_needed is not None
     # the same -0.01 with tight seeds is a real gain ...
     tight = dict(GOOD, baseline=[3.630, 3.6301], step1=[3.620, 3.6201])
     assert analyze(build(spec000(), tight)).comparison("step1", "baseline").verdict == "better"
-    # ... unless the study declares a larger noise floor
+    # ... which a declared noise floor (the default margin) marks as smaller than it
     floor = analyze(build(spec000(noise_floor=0.02), tight)).comparison("step1", "baseline")
-    assert floor.verdict == "noise" and floor.threshold == pytest.approx(0.02)
+    assert floor.verdict == "better" and floor.margin == pytest.approx(0.02)
+    assert "inside the margin ±0.02" in floor.note
 
 
-def test_single_seed_uses_a_floor_and_says_so(build, spec000) -> None:
-    data = {"baseline": [3.63], "step1": [3.62]}
-    c = analyze(build(spec000(), data)).comparison("step1", "baseline")
-    assert c.spread is None and c.verdict == "noise" and "spread unknown" in c.note
-    data = {"baseline": [3.63], "step1": [3.55]}
-    assert analyze(build(spec000(), data)).comparison("step1", "baseline").verdict == "better"
+def test_equivalent_within_the_margin(build, spec000) -> None:
+    same = dict(GOOD, step1=[3.621, 3.6405, 3.6302], baseline=[3.62, 3.64, 3.63])
+    rep = analyze(build(spec000(noise_floor=0.02), same))
+    c = rep.comparison("step1", "baseline")
+    assert c.verdict == "equivalent" and c.margin == pytest.approx(0.02)
+    spec = spec000()
+    spec["analysis"]["margin"] = 0.02          # analysis.margin without a noise floor
+    assert analyze(build(spec, same)).comparison("step1", "baseline").verdict == "equivalent"
+    # no margin: never equivalent
+    assert analyze(build(spec000(), same)).comparison("step1", "baseline").verdict \
+        == "inconclusive"
+    # a per-pair margin overrides the study's
+    spec = spec000(noise_floor=0.02)
+    spec["analysis"]["pairs"] = [{"a": "step1", "b": "baseline", "margin": 0.0}]
+    assert analyze(build(spec, same)).comparison("step1", "baseline", "pair").verdict \
+        == "inconclusive"
+
+
+def test_single_seed_is_always_inconclusive_and_says_so(build, spec000) -> None:
+    for step1 in ([3.62], [3.55], [2.0]):
+        c = analyze(build(spec000(), {"baseline": [3.63], "step1": step1})).comparison(
+            "step1", "baseline")
+        assert c.verdict == "inconclusive" and c.ci is None and c.p is None
+        assert "one seed on a side" in c.method
 
 
 def test_seed000_rules_quiet_on_a_healthy_study(build, spec000) -> None:
@@ -85,8 +123,16 @@ def test_each_seed000_rule_fires_on_its_condition_only(build, spec000, step, val
 
 
 def test_rule_on_step2_not_beating_step1_fires_when_worse_too(build, spec000) -> None:
-    rep = analyze(build(spec000(), dict(GOOD, step2=[3.65, 3.66])))
+    rep = analyze(build(spec000(), dict(GOOD, step2=[3.65, 3.67])))
+    assert rep.comparison("step2", "step1").verdict == "worse"
     assert rule(rep, "step2").status == "fired"
+
+
+def test_compare_rules_on_inconclusive_say_so_with_the_seeds_they_need(build, spec000) -> None:
+    rep = analyze(build(spec000(), dict(GOOD, step1=[3.58, 3.66])))   # -0.01 within spread
+    r = rule(rep, "step1")                                          # worse_than baseline
+    assert r.status == "inconclusive" and r.seeds_needed is not None
+    assert f"needs ~{r.seeds_needed} seeds per side" in r.evidence
 
 
 def test_comparison_across_two_commits_is_flagged(build, spec000) -> None:
@@ -193,7 +239,7 @@ def test_rule_kinds_on_flags(build, spec000) -> None:
         {"step": "step2", "outside_expected": True, "say": "x"},
         {"step": "step3", "gate_collapsed": True, "say": "gate"},
         {"step": "step4", "better_than": "step2", "say": "y"},
-        {"step": "step1", "frobnicate": "x", "say": "z"},
+        {"step": "step5", "slower": True, "say": "z"},
     ]
     data = dict(GOOD, step1=[(None, {"status": "diverged"}, {"state": "failed",
                                                             "failure_kind": "diverged"})] * 2)
@@ -201,8 +247,17 @@ def test_rule_kinds_on_flags(build, spec000) -> None:
     st = [(r.condition, r.status) for r in rep.rules]
     assert st == [("diverged", "fired"), ("outside_expected", "quiet"),
                   ("gate_collapsed", "pending"), ("better_than step2", "quiet"),
-                  ("frobnicate", "invalid")]
+                  ("slower", "quiet")]
     assert "metric series not loaded" in rep.rules[2].evidence
+
+
+def test_a_stored_spec_that_no_longer_validates_is_one_clear_error(build, spec000) -> None:
+    from orchestrator.core.errors import SpecError
+
+    spec = spec000()
+    spec["analysis"]["rules"] = [{"step": "step1", "frobnicate": "x", "say": "z"}]
+    with pytest.raises(SpecError, match=r"analysis\.rules\.0\.frobnicate.*re-submit"):
+        analyze(build(spec, GOOD))
 
 
 def test_series_flags_gate_collapse_and_no_gradient(build, spec000) -> None:
