@@ -170,7 +170,8 @@ class QueueRepo:
 
         A (step, seed) whose config hash changed gets a new current run with attempt 1
         queued; the run it supersedes keeps its history, and its queued attempt is
-        cancelled."""
+        cancelled. The current runs of a changed step whose seeds the plan lacks (seeds
+        added after a look) are superseded as well: their config is the old one."""
         now = _aware(now)
         seen: set[tuple[str, int]] = set()
         for r in plan.runs:
@@ -222,6 +223,11 @@ class QueueRepo:
                     reactivate.append(old)
                 else:
                     new.append(r)
+            if changed:  # seeds the plan lacks (e.g. added by `recip seeds add`) keep the
+                # old config: a changed step supersedes them too
+                planned = {(r.step, r.seed) for r in plan.runs}
+                supersede += [rid for (step, seed), (rid, _) in current.items()
+                              if step in changed and (step, seed) not in planned]
 
             cancelled: list[int] = []
             if supersede:

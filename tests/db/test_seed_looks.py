@@ -95,6 +95,20 @@ def test_a_resubmit_keeps_the_added_seeds(repo, plan_factory, fake_clock):
     assert ("V1", 3) in _runs(repo) and _runs(repo)[("V1", 3)].superseded_at is None
 
 
+def test_a_changed_step_supersedes_its_added_seeds_too(repo, plan_factory, fake_clock):
+    repo.submit(plan_factory(steps=("V0", "V1"), seeds=(1, 2)), fake_clock.now())
+    repo.add_seeds("study", fake_clock.advance(5), counts={"V0": 1, "V1": 1})
+    changed = plan_factory(steps=("V0", "V1"), seeds=(1, 2), configs={"V1": {"lr": 1e-3}})
+    result = repo.submit(changed, fake_clock.advance(5))
+    assert result.changed_steps == ("V1",) and result.superseded_runs == 3
+    assert result.cancelled_attempts == 3  # all three were still queued
+    runs = _runs(repo)
+    assert runs[("V1", 3)].superseded_at is not None  # the old config's added seed
+    assert runs[("V0", 3)].superseded_at is None  # V0 did not change: its seed stays
+    current = {(a.step, a.seed) for a in repo.study_results("study").attempts}
+    assert current == {("V0", 1), ("V0", 2), ("V0", 3), ("V1", 1), ("V1", 2)}
+
+
 def test_bad_requests_change_nothing(repo, plan_factory, fake_clock):
     repo.submit(plan_factory(steps=("V0", "V1"), seeds=(1, 2)), fake_clock.now())
     before = _runs(repo)
