@@ -77,6 +77,11 @@ def report(
     done = sum(1 for s in rep.steps if s.status == "done")
     say(f"{study}: {done}/{len(rep.steps)} steps done, {fired} rule(s) fired, "
         f"{len(rep.flags)} flag(s)")
+    from orchestrator.cli.decide import decision_line, hours_per_seed
+
+    line = decision_line(rep, hours_per_seed(results))
+    if line:
+        say(line)
 
 
 def load_series(repo: QueueRepo, results: StudyResults) -> MetricSeries:

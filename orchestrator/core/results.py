@@ -43,7 +43,12 @@ class SeedLook:
     later look records when it was taken, which steps got more seeds, which seeds were added
     and the per-side cap (`max_seeds`, None when uncapped). The report analyses a comparison
     whose sample grew after a look with an alpha-spending rule across its looks, never as if
-    the sample had been fixed in advance."""
+    the sample had been fixed in advance.
+
+    A look with no `seeds` is a declared design: recorded before the first analysis (`recip
+    run --until-decided --max-seeds N` at submit), it says that `steps` may get seeds up to
+    `max_seeds`, so look 0 of their comparisons is already a sequential look (tested at the
+    alpha its information fraction spends, not at the full alpha)."""
 
     at: datetime
     steps: tuple[str, ...]

@@ -38,6 +38,7 @@ from orchestrator.report.stats import (
     compare,
     holm,
     holm_alpha,
+    obf_spent,
     sequential_alpha,
 )
 from orchestrator.report.values import Comparison, Reading
@@ -192,13 +193,20 @@ def _recompare(samples: Sequence[Sample], basis: str, p: Planned, level: float) 
 def _sequential(p: Planned, budget: Sample,
                 looks: Sequence[SeedLook]) -> tuple[float, tuple[int, ...], str]:
     """(level, seeds per side at each look, rule text) of a comparison; (alpha, (), '')
-    when no look added seeds to either side."""
+    for a fixed sample: no declared design and no look that grew this comparison's sample.
+
+    Declared design (a look without seeds, recorded before the first analysis): every look
+    of its comparisons, look 0 included, is tested at its O'Brien-Fleming increment, so the
+    false-decision rate over all looks stays within alpha. Seeds added without one: look 0
+    was analysed as a fixed sample at the full alpha, and the later looks spend
+    alpha(t_k) - alpha(t_{k-1}); the rate is then bounded by 2 alpha - alpha(t_0), which the
+    text states."""
     touching = [lk for lk in looks if p.a in lk.steps or p.b in lk.steps]
-    if not touching:
-        return p.alpha, (), ""
+    declared = any(not lk.seeds for lk in touching)
+    adding = [lk for lk in touching if lk.seeds]
 
     def n_after(k: int) -> int:
-        later = touching[k + 1:]
+        later = adding[k + 1:]
         drop_a = {s for lk in later if p.a in lk.steps for s in lk.seeds}
         drop_b = {s for lk in later if p.b in lk.steps for s in lk.seeds}
         xa = set(budget.a) - drop_a
@@ -207,11 +215,11 @@ def _sequential(p: Planned, budget: Sample,
         return len(shared) if len(shared) >= 2 else min(len(xa), len(xb))
 
     ns: list[int] = []
-    for k in range(-1, len(touching)):
+    for k in range(-1, len(adding)):
         n = n_after(k)
         if n > 0 and (not ns or n > ns[-1]):
             ns.append(n)
-    if not ns:
+    if not ns or (len(ns) < 2 and not declared):
         return p.alpha, (), ""
     cap = touching[-1].max_seeds
     level = sequential_alpha(ns, cap, p.alpha)
@@ -219,6 +227,10 @@ def _sequential(p: Planned, budget: Sample,
     text = (f"O'Brien-Fleming alpha spending (Lan-DeMets) over {len(ns)} look(s) at n = "
             f"{', '.join(map(str, ns))} ({plan_text}); this look is tested at "
             f"{level:.4g} of {p.alpha:g}")
+    if not declared:
+        bound = 2 * p.alpha - obf_spent(ns[0] / max(cap or ns[-1], ns[-1]), p.alpha)
+        text += (f"; look 0 was a fixed-sample analysis at {p.alpha:g} (no declared design), "
+                 f"so the false-decision rate is bounded by {bound:.3g}, not {p.alpha:g}")
     return max(level, 1e-300), tuple(ns), text
 
 

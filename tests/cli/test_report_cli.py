@@ -27,7 +27,9 @@ def test_table_on_stdout_summary_on_stderr(sqlite_url, fake_clock, capsys) -> No
     assert "FIRED" in out and "mechanism 1 hurts" in out
     assert "step4 gate_collapsed" in out
     assert max(len(line) for line in out.splitlines()) <= 100
-    assert err.strip() == "ra_mla_reciprocal: 6/6 steps done, 2 rule(s) fired, 2 flag(s)"
+    assert err.strip().splitlines() == [
+        "ra_mla_reciprocal: 6/6 steps done, 2 rule(s) fired, 2 flag(s)",
+        "7 of 7 comparisons decided"]
 
 
 def test_json_format(sqlite_url, fake_clock, capsys) -> None:
