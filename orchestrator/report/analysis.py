@@ -15,6 +15,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
+from orchestrator.core.errors import SpecError
 from orchestrator.core.results import MetricSeries, StudyResults
 from orchestrator.core.states import TERMINAL
 from orchestrator.report.confounders import commits, mean_of, scale_note
@@ -82,8 +83,12 @@ def method_text(alpha: float, margin: float, family: int, looks: bool) -> str:
 def flags_for_runs(results: StudyResults) -> dict[tuple[str, int], tuple[str, ...]]:
     """Short per-run flags for `recip status` (no series, no statistics): failure state,
     divergence, throughput regression > 5 % vs the parent, outside the expected range,
-    a different code commit than the parent's runs."""
-    study = Study.build(results)
+    a different code commit than the parent's runs. A stored spec that no longer validates
+    gives no flags here (status stays up; `recip report` says what is wrong)."""
+    try:
+        study = Study.build(results)
+    except SpecError:
+        return {}
     out: dict[tuple[str, int], tuple[str, ...]] = {}
     for step in study.order:
         parent = study.parent(step)

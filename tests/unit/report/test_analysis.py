@@ -258,6 +258,7 @@ def test_a_stored_spec_that_no_longer_validates_is_one_clear_error(build, spec00
     spec["analysis"]["rules"] = [{"step": "step1", "frobnicate": "x", "say": "z"}]
     with pytest.raises(SpecError, match=r"analysis\.rules\.0\.frobnicate.*re-submit"):
         analyze(build(spec, GOOD))
+    assert flags_for_runs(build(spec, GOOD)) == {}      # `recip status` stays up
 
 
 def test_series_flags_gate_collapse_and_no_gradient(build, spec000) -> None:

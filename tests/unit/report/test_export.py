@@ -81,3 +81,25 @@ def test_curve_ylim_skips_the_untrained_start_of_long_runs() -> None:
     short = ([0.0, 10.0, 20.0], [10.0, 9.0, 8.0], [10.0, 9.0, 8.0], [10.0, 9.0, 8.0])
     lo, hi = curve_ylim([short])
     assert lo < 8.0 and hi > 10.0
+
+
+def test_curves_put_tokens_on_the_x_axis_for_time_budgets(build, spec000) -> None:
+    from orchestrator.report.plots import val_curves
+
+    results = build(spec000(), GOOD)          # the conftest config has a 60 s budget
+    rep = analyze(results)
+    assert rep.time_budget
+    series = _series(results)
+    by_iter = val_curves(rep, series)
+    by_tokens = val_curves(rep, series, tokens=True)
+    assert by_iter["step1"][0] == [0.0, 50.0, 100.0]
+    assert by_tokens["step1"][0] == [0.0, 50.0 * 8192, 100.0 * 8192]   # tokens / iters
+
+
+def test_delta_plot_marks_confounded_and_equivalent(build, spec000, tmp_path) -> None:
+    data = dict(GOOD, step1=[(3.57, {}, {"code_sha": "7ec430d9999"}),
+                             (3.59, {}, {"code_sha": "7ec430d9999"})])
+    rep = analyze(build(spec000(noise_floor=0.01), data))
+    assert {c.verdict for c in rep.comparisons} >= {"confounded", "equivalent", "better"}
+    (path,) = write_plots(rep, {}, tmp_path)
+    assert path.name == "deltas.png" and path.read_bytes()[:4] == b"\x89PNG"
