@@ -150,7 +150,7 @@ def describe_open(o: Open, hours: Mapping[str, float], cap: int | None = None) -
     cost = f" (about {_fmt_hours(o.more * per)} GPU-hours)" if per > 0 else ""
     over = f", over the --max-seeds {cap} cap" if cap is not None and o.needed > cap else ""
     return (f"{o.label} needs ~{o.more} more seed{'s' if o.more != 1 else ''} per side"
-            f" ({o.needed} in all){over}{cost}")
+            f" ({o.n + o.more} in all){over}{cost}")
 
 
 def decision_line(report: ReportLike, hours: Mapping[str, float], *,

@@ -112,6 +112,8 @@ def run(
     ensure_database(url)
     with open_repo(url) as repo:
         result = repo.submit(plan, datetime.now(UTC))
+        if until_decided:  # the design is declared before any analysis: look 0 spends too
+            repo.declare_design(plan.name, datetime.now(UTC), max_seeds, steps=plan.steps)
         for line in describe_submit(result, len(plan.runs)):
             say(line)
         config = pool_config(db=url, runs_dir=runs_dir, gpus=gpus, cpu_workers=cpu_workers,

@@ -27,6 +27,10 @@ from orchestrator.queue.schema import AttemptRow, EventRow, RunRow, StudyEventRo
 from orchestrator.queue.types import finite_json
 
 SEEDS_ADDED = "seeds_added"
+DESIGN = "sequential_design"
+"""A declared sequential design: `steps` may get seeds up to `max_seeds` (recorded by
+`recip run --until-decided` at submit, before any analysis); read as a SeedLook without
+seeds."""
 
 
 @dataclass(frozen=True)
@@ -155,16 +159,42 @@ def add_seeds(conn: Connection, study_id: int, study: str, now: datetime,
                       look=look)
 
 
+def declare_design(conn: Connection, study_id: int, now: datetime, steps: Sequence[str],
+                   max_seeds: int, *, source: str = "until-decided") -> bool:
+    """Record that `steps` may get seeds up to `max_seeds` (False, nothing written, when
+    the same design is already recorded)."""
+    if max_seeds < 1:
+        raise QueueError(f"max_seeds must be at least 1, got {max_seeds}")
+    wanted = {"steps": list(steps), "max_seeds": max_seeds}
+    for payload in conn.execute(
+        sa.select(StudyEventRow.payload_json)
+        .where(StudyEventRow.study_id == study_id, StudyEventRow.kind == DESIGN)
+    ).scalars():
+        body = payload or {}
+        if {k: body.get(k) for k in wanted} == wanted:
+            return False
+    conn.execute(sa.insert(StudyEventRow).values(
+        study_id=study_id, at=now, kind=DESIGN, payload_json={**wanted, "source": source}))
+    return True
+
+
 def study_looks(conn: Connection, study_id: int) -> tuple[SeedLook, ...]:
-    """The study's seed-adding looks in time order. One recorded event that gave different
-    steps different seeds is one SeedLook per distinct seed set (all with its time)."""
+    """The study's looks in time order: a declared design is a SeedLook without seeds; one
+    recorded addition that gave different steps different seeds is one SeedLook per
+    distinct seed set (all with its time)."""
     out: list[SeedLook] = []
-    for at, payload in conn.execute(
-        sa.select(StudyEventRow.at, StudyEventRow.payload_json)
-        .where(StudyEventRow.study_id == study_id, StudyEventRow.kind == SEEDS_ADDED)
+    for at, kind, payload in conn.execute(
+        sa.select(StudyEventRow.at, StudyEventRow.kind, StudyEventRow.payload_json)
+        .where(StudyEventRow.study_id == study_id,
+               StudyEventRow.kind.in_((SEEDS_ADDED, DESIGN)))
         .order_by(StudyEventRow.at, StudyEventRow.id)
     ):
         body: dict[str, Any] = payload or {}
+        if kind == DESIGN:
+            cap = body.get("max_seeds")
+            out.append(SeedLook(at=at, steps=tuple(str(s) for s in body.get("steps") or ()),
+                                seeds=(), max_seeds=int(cap) if isinstance(cap, int) else None))
+            continue
         raw = body.get("added")
         added: dict[str, Any] = raw if isinstance(raw, dict) else {}
         cap = body.get("max_seeds")

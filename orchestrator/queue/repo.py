@@ -585,6 +585,20 @@ class QueueRepo:
                                           "runs": out.runs})
         return out
 
+    def declare_design(self, study: str, now: datetime, max_seeds: int, *,
+                       steps: Sequence[str] | None = None) -> bool:
+        """Record a sequential design before the first analysis: `steps` (default: every
+        step with runs) may get seeds up to `max_seeds`, so the report tests look 0 of
+        their comparisons at its spent alpha too. False when already recorded."""
+        now = _aware(now)
+        with self._tx() as conn:
+            self._lock_study(conn, study)
+            sid = self._study_id(conn, study)
+            self._check_steps(conn, sid, study, steps)
+            if steps is None:
+                steps = list(looks.current_seeds(conn, sid))
+            return looks.declare_design(conn, sid, now, steps, max_seeds)
+
     def resumable(self, study: str, *, steps: Sequence[str] | None = None,
                   states: Sequence[str] | None = None,
                   force: bool = False) -> list[tuple[str, int]]:

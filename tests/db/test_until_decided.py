@@ -9,7 +9,7 @@ import random
 from datetime import timedelta
 
 from models.presets import PRESETS, TOKENIZER_VOCAB
-from orchestrator.cli.decide import hours_per_seed, until_decided
+from orchestrator.cli.decide import Stopped, hours_per_seed, until_decided
 from orchestrator.cli.seeds_cmd import study_decision
 from orchestrator.core.loader import spec_from_text
 from orchestrator.core.resolve import resolve
@@ -61,57 +61,85 @@ class FakeRunner:
         return True
 
 
-def test_seeds_go_where_they_decide_and_the_report_corrects_for_the_looks(repo, fake_clock):
-    plan = resolve(spec_from_text(SPEC, file="grow.yaml"), presets=PRESETS,
+def _plan():
+    return resolve(spec_from_text(SPEC, file="grow.yaml"), presets=PRESETS,
                    vocab=TOKENIZER_VOCAB)
-    repo.submit(plan, fake_clock.now())
-    runner = FakeRunner(repo, fake_clock)
-    runner.run_round()
-    first = analyze(repo.study_results("grow"))
-    verdicts = {(c.a, c.b): c.verdict for c in first.comparisons}
-    assert verdicts == {("V1", "V0"): "inconclusive", ("V2", "V0"): "worse"}
-    line = study_decision(repo, "grow")
-    assert line is not None and line.startswith(
-        "1 of 2 comparisons decided; V1 vs V0 needs ~")
-    assert "GPU-hours" in line
 
-    said: list[str] = []
 
+def _loop(repo, clock, runner, said):
     def add(counts):
-        return repo.add_seeds("grow", fake_clock.now(), counts=counts, max_seeds=8,
+        return repo.add_seeds("grow", clock.now(), counts=counts, max_seeds=8,
                               source="until-decided").added
 
-    stop = until_decided(
+    return until_decided(
         analyse=lambda: analyze(repo.study_results("grow")),
         steps=lambda: sorted({a.step for a in repo.study_results("grow").attempts}),
         add=add, run_round=runner.run_round, cap=8,
         hours=lambda: hours_per_seed(repo.study_results("grow")), say=said.append)
 
+
+def _seeds(results):
+    return {s: sorted({a.seed for a in results.attempts if a.step == s}) for s in EFFECT}
+
+
+def test_a_declared_design_spends_seeds_where_they_decide(repo, fake_clock):
+    repo.submit(_plan(), fake_clock.now())
+    assert repo.declare_design("grow", fake_clock.now(), 8)  # what --until-decided does
+    assert not repo.declare_design("grow", fake_clock.now(), 8)  # once
+    runner = FakeRunner(repo, fake_clock)
+    runner.run_round()
+    first = {c.a: c for c in analyze(repo.study_results("grow")).comparisons}
+    # look 0 is already a sequential look: at n = 2 nothing is decided, however large
+    assert {c.verdict for c in first.values()} == {"inconclusive"}
+    assert first["V1"].sequential.startswith("O'Brien-Fleming alpha spending")
+    line = study_decision(repo, "grow")
+    assert line is not None and line.startswith("0 of 2 comparisons decided; ")
+    assert "GPU-hours" in line
+
+    said: list[str] = []
+    stop = _loop(repo, fake_clock, runner, said)
     results = repo.study_results("grow")
-    seeds = {s: sorted({a.seed for a in results.attempts if a.step == s}) for s in EFFECT}
+    seeds = _seeds(results)
+    assert len(seeds["V2"]) < len(seeds["V1"])  # the large effect needed fewer seeds
+    assert seeds["V1"] == seeds["V0"][:len(seeds["V1"])]  # paired seeds
+    design, *added = results.looks
+    assert design.seeds == () and design.max_seeds == 8
+    assert added and stop.rounds == runner.rounds - 1 and said
+    final = {c.a: c for c in analyze(results).comparisons}
+    assert final["V2"].verdict == "worse" and len(final["V2"].looks) >= 2
+    assert "no declared design" not in final["V1"].sequential
+    # fixed RNG: V2 decides with one more seed, V1 at the cap
+    assert stop == Stopped("all 2 comparisons decided", 1, True)
+    assert seeds == {"V0": list(range(1, 9)), "V1": list(range(1, 9)), "V2": [1, 2, 3]}
+    assert said[0].endswith("adding V1 +6, V0 +6, V2 +1")
+    assert final["V1"].verdict == "better"
+
+
+def test_seeds_added_without_a_design_correct_only_the_grown_comparison(repo, fake_clock):
+    repo.submit(_plan(), fake_clock.now())
+    runner = FakeRunner(repo, fake_clock)
+    runner.run_round()
+    first = {c.a: c for c in analyze(repo.study_results("grow")).comparisons}
+    assert (first["V1"].verdict, first["V2"].verdict) == ("inconclusive", "worse")
+    assert first["V1"].sequential == ""  # the pre-registered sample: a fixed-sample test
+    stop = _loop(repo, fake_clock, runner, [])
+    results = repo.study_results("grow")
+    seeds = _seeds(results)
     assert seeds["V2"] == [1, 2]  # decided at the first look: no seed spent on it
-    assert len(seeds["V1"]) > 2 and seeds["V1"] == seeds["V0"]  # paired seeds added
-    assert results.looks and all(set(lk.steps) == {"V0", "V1"} for lk in results.looks)
-    assert all(lk.max_seeds == 8 for lk in results.looks)
-    assert stop.rounds == len(results.looks) == runner.rounds - 1 and said
-    final = analyze(results)
-    grown = next(c for c in final.comparisons if c.a == "V1")
-    assert grown.sequential.startswith("O'Brien-Fleming alpha spending")
-    assert grown.looks[0] == 2 and len(grown.looks) == stop.rounds + 1
-    untouched = next(c for c in final.comparisons if c.a == "V2")
-    assert untouched.sequential == "" and untouched.verdict == "worse"
-    if stop.all_decided:
-        assert grown.verdict == "better" and stop.reason == "all 2 comparisons decided"
-    else:
-        assert seeds["V1"] == list(range(1, 9)) or "cannot decide the rest" in stop.reason
+    assert len(seeds["V1"]) > 2 and seeds["V1"] == seeds["V0"]
+    assert all(set(lk.steps) == {"V0", "V1"} and lk.max_seeds == 8 for lk in results.looks)
+    assert stop.rounds == len(results.looks) == runner.rounds - 1
+    final = {c.a: c for c in analyze(results).comparisons}
+    assert final["V1"].sequential.startswith("O'Brien-Fleming alpha spending")
+    assert "no declared design" in final["V1"].sequential
+    assert final["V1"].looks[0] == 2 and len(final["V1"].looks) == stop.rounds + 1
+    assert final["V2"].sequential == "" and final["V2"].verdict == "worse"
 
 
 def test_status_prints_the_decision_line(repo, db_url, fake_clock, capsys):
     from orchestrator.cli.app import run
 
-    plan = resolve(spec_from_text(SPEC, file="grow.yaml"), presets=PRESETS,
-                   vocab=TOKENIZER_VOCAB)
-    repo.submit(plan, fake_clock.now())
+    repo.submit(_plan(), fake_clock.now())
     assert run(["status", "grow", "--db", db_url]) == 0
     assert "comparisons decided" not in capsys.readouterr().err  # nothing ran yet
     FakeRunner(repo, fake_clock).run_round()
