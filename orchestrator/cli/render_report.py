@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+import textwrap
+from collections.abc import Sequence
 from typing import IO
 
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from orchestrator.report.export import (
@@ -42,6 +43,55 @@ def make_console(file: IO[str] | None = None, *, width: int | None = None,
     return console
 
 
+Cell = tuple[str, str]
+"""(text, style); the text may hold newlines."""
+Column = tuple[str, int, bool]
+"""(header, max width, right-aligned)."""
+
+
+def text_table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> Text:
+    """Columns as one Text, cells wrapped inside their column's width (no rich Table: its
+    layout costs 1-8 ms a row, which a 100-step report cannot afford, docs/performance.md).
+    A column is as wide as its widest cell or header, capped at its max width."""
+    widths = []
+    for i, (name, cap, _) in enumerate(columns):
+        longest = max((len(line) for row in rows for line in row[i][0].split("\n")),
+                      default=0)
+        widths.append(max(1, min(cap, max(longest, len(name)))))
+    out = Text(no_wrap=True, overflow="fold")
+    out.append(title + "\n", style="bold")
+
+    def emit(cells: Sequence[Cell], style: str = "") -> None:
+        wrapped = [_wrap(text, w) for (text, _), w in zip(cells, widths, strict=True)]
+        for k in range(max(len(lines) for lines in wrapped)):
+            parts = []
+            for i, lines in enumerate(wrapped):
+                piece = lines[k] if k < len(lines) else ""
+                right = columns[i][2]
+                pad = " " * (widths[i] - len(piece))
+                if i == len(columns) - 1 and not right:
+                    pad = ""
+                parts.append((pad + piece if right else piece + pad, style or cells[i][1]))
+            for i, (piece, st) in enumerate(parts):
+                out.append(piece, style=st)
+                if i != len(parts) - 1:
+                    out.append("  ")
+            out.append("\n")
+
+    emit([(name, "") for name, _, _ in columns], style="bold")
+    for row in rows:
+        emit(row)
+    out.rstrip()
+    return out
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines: list[str] = []
+    for part in text.split("\n"):
+        lines += textwrap.wrap(part, width, break_long_words=True, break_on_hyphens=False) or [""]
+    return lines
+
+
 def render_report(report: Report) -> RenderableType:
     """Header, steps, deltas, cumulative/monotonicity, expected ranges, rules, flags."""
     parts: list[RenderableType] = [Text.assemble(
@@ -51,40 +101,33 @@ def render_report(report: Report) -> RenderableType:
         parts.append(Text(report.description, style="dim"))
     parts.append(Text(f"method: {report.method}", style="dim"))
 
-    steps = Table(title="steps", title_justify="left", expand=False)
-    for col in ("step", "parent", "status", "n", report.metric, "tok/s", "params", "commit"):
-        steps.add_column(col, no_wrap=col != "status")
-    for s in report.steps:
-        steps.add_row(s.step, s.parent or "–", s.status, str(s.n), fmt_mean(s),
-                      fmt_int(s.tokens_per_s), fmt_int(s.params_total), ",".join(s.commits) or "–")
-    parts.append(steps)
+    parts.append(text_table("steps", (
+        ("step", 16, False), ("parent", 12, False), ("status", 13, False), ("n", 3, True),
+        (report.metric, 17, True), ("tok/s", 9, True), ("params", 12, True),
+        ("commit", 9, False)), [
+        [(s.step, ""), (s.parent or "–", ""), (s.status, ""), (str(s.n), ""),
+         (fmt_mean(s), ""), (fmt_int(s.tokens_per_s), ""), (fmt_int(s.params_total), ""),
+         (",".join(s.commits) or "–", "")] for s in report.steps]))
 
     if report.comparisons:
-        deltas = Table(title="deltas (a - b) at equal budget, interval; equal tokens beside",
-                       title_justify="left")
-        for col, wrap in (("comparison", True), ("delta / interval", False),
-                          ("p / adj", False), ("verdict", False), ("equal tokens", True),
-                          ("test, notes", True)):
-            deltas.add_column(col, overflow="fold", no_wrap=not wrap,
-                              min_width=17 if col == "comparison" else None)
-        for c in report.comparisons:
-            deltas.add_row(
-                c.label, f"{fmt_delta(c)}\n{fmt_ci(c.ci, 3)}",
-                f"{fmt_p(c.p)}\n{fmt_p(c.p_adj)}",
-                Text(c.verdict, style=VERDICT_STYLE.get(c.verdict, "")),
-                "\n".join(fmt_reading(r, short=True) for r in c.readings[1:]) or "–",
-                Text("\n".join([fmt_test(c), *comparison_notes(c)]),
-                     style="yellow" if c.confounders else "dim"))
-        parts.append(deltas)
+        parts.append(text_table(
+            "deltas (a - b) at equal budget with interval, p raw / Holm-adjusted; equal tokens",
+            (("comparison", 18, False), ("delta / interval", 16, False), ("p / adj", 7, False),
+             ("verdict", 12, False), ("equal tokens", 16, False), ("test, notes", 22, False)),
+            [[(c.label, ""), (f"{fmt_delta(c)}\n{fmt_ci(c.ci, 3)}", ""),
+              (f"{fmt_p(c.p)}\n{fmt_p(c.p_adj)}", ""),
+              (c.verdict, VERDICT_STYLE.get(c.verdict, "")),
+              ("\n".join(fmt_reading(r, short=True) for r in c.readings[1:]) or "–", ""),
+              ("\n".join([fmt_test(c), *comparison_notes(c)]),
+               "yellow" if c.confounders else "dim")] for c in report.comparisons]))
 
     if report.cumulative:
-        cum = Table(title="cumulative vs root", title_justify="left")
-        for col in ("step", "root", "delta", "predicted", "verdict"):
-            cum.add_column(col)
-        for cu in report.cumulative:
-            pred = f"[{cu.predicted[0]:+.4f}, {cu.predicted[1]:+.4f}]" if cu.predicted else "–"
-            cum.add_row(cu.step, cu.root, fmt_signed(cu.delta), pred, cu.verdict)
-        parts.append(cum)
+        parts.append(text_table("cumulative vs root", (
+            ("step", 16, False), ("root", 12, False), ("delta", 8, True),
+            ("interval", 18, False), ("predicted", 18, False), ("verdict", 19, False)), [
+            [(cu.step, ""), (cu.root, ""), (fmt_signed(cu.delta), ""), (fmt_ci(cu.ci), ""),
+             (f"[{cu.predicted[0]:+.4f}, {cu.predicted[1]:+.4f}]" if cu.predicted else "–", ""),
+             (cu.verdict, "")] for cu in report.cumulative]))
 
     for ch in report.chains:
         state = {True: ("monotone", "green"), False: ("NOT monotone", "red"),
@@ -93,27 +136,25 @@ def render_report(report: Report) -> RenderableType:
         parts.append(Text.assemble("chain ", " → ".join(ch.chain), ": ", state, extra))
 
     if report.expectations:
-        exp = Table(title="expected ranges", title_justify="left")
-        for col in ("step", "metric", "expected", "mean", "n", "verdict"):
-            exp.add_column(col, overflow="fold")
-        for e in report.expectations:
-            verdict = e.verdict + (f": {e.note}" if e.note else "")
-            exp.add_row(e.step, e.metric, f"[{e.lo:g}, {e.hi:g}]", fmt_num(e.mean), str(e.n),
-                        Text(verdict, style=EXPECT_STYLE.get(e.verdict, "")))
-        parts.append(exp)
+        parts.append(text_table("expected ranges", (
+            ("step", 16, False), ("metric", 16, False), ("expected", 18, False),
+            ("mean", 8, True), ("n", 3, True), ("verdict", 27, False)), [
+            [(e.step, ""), (e.metric, ""), (f"[{e.lo:g}, {e.hi:g}]", ""), (fmt_num(e.mean), ""),
+             (str(e.n), ""), (e.verdict + (f": {e.note}" if e.note else ""),
+                              EXPECT_STYLE.get(e.verdict, ""))] for e in report.expectations]))
 
     if report.rules:
-        rules = Table(title="troubleshooting rules", title_justify="left")
-        for col in ("step", "condition", "status", "evidence / say"):
-            rules.add_column(col, overflow="fold")
+        rows = []
         for r in report.rules:
             body = r.say if r.status == "fired" else r.evidence
             if r.status == "fired" and r.evidence:
                 body = f"{r.evidence}\n→ {r.say}"
-            rules.add_row(r.step, r.condition,
-                          Text(r.status.upper() if r.status == "fired" else r.status,
-                               style=RULE_STYLE.get(r.status, "")), body)
-        parts.append(rules)
+            rows.append([(r.step, ""), (r.condition, ""),
+                         (r.status.upper() if r.status == "fired" else r.status,
+                          RULE_STYLE.get(r.status, "")), (body or "–", "")])
+        parts.append(text_table("troubleshooting rules", (
+            ("step", 12, False), ("condition", 24, False), ("status", 12, False),
+            ("evidence / say", 46, False)), rows))
 
     if report.flags:
         parts.append(Text("flags", style="bold"))

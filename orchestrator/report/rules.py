@@ -250,7 +250,7 @@ def _num(x: float | None) -> str:
 
 
 def _p(x: float | None) -> str:
-    return "?" if x is None else f"{x:.3g}"
+    return "?" if x is None else "<1e-4" if x < 1e-4 else f"{x:.3g}"
 
 
 def _ci(ci: tuple[float, float] | None) -> str:
