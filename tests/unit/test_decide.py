@@ -149,3 +149,40 @@ def test_a_study_already_decided_adds_nothing():
     study = FakeStudy({("V1", "V0"): 2})
     stop = _loop(study, cap=6, said=[])
     assert stop.all_decided and stop.rounds == 0 and study.added == []
+
+
+def test_the_loop_under_a_declared_design_keeps_a_a_false_decisions_within_alpha():
+    """Monte Carlo of --until-decided on one paired A/A comparison (2 pre-registered seeds,
+    cap 8, a large shared per-seed component): each look at the level the declared design
+    spends (stats.sequential_alpha), seeds from plan_more_seeds. The rate of `better` /
+    `worse` over all looks stays within alpha + 3 Monte Carlo s.e.; testing every look at
+    the full alpha instead (optional stopping) is visibly worse."""
+    import numpy as np
+
+    from orchestrator.report.stats import compare, sequential_alpha
+
+    cap, trials, alpha = 8, 1500, 0.05
+
+    def trial(rng: np.random.Generator, sequential: bool) -> int:
+        shared = rng.normal(0, 1, cap)
+        a = {s + 1: shared[s] + rng.normal(0, 0.3) for s in range(cap)}
+        b = {s + 1: shared[s] + rng.normal(0, 0.3) for s in range(cap)}
+        n, ns = 2, [2]
+        while True:
+            level = sequential_alpha(ns, cap, alpha) if sequential else alpha
+            r = compare({k: a[k] for k in range(1, n + 1)}, {k: b[k] for k in range(1, n + 1)},
+                        alpha=level)
+            if r.verdict in ("better", "worse"):
+                return 1
+            plan = plan_more_seeds(R((C("A", "B", r.verdict, n, n, r.seeds_needed),)), cap)
+            if not plan:
+                return 0
+            n += plan["A"]
+            ns.append(n)
+
+    rng = np.random.default_rng(12)
+    rate = sum(trial(rng, True) for _ in range(trials)) / trials
+    assert rate <= alpha + 3 * (alpha * (1 - alpha) / trials) ** 0.5
+    rng = np.random.default_rng(12)
+    naive = sum(trial(rng, False) for _ in range(trials)) / trials
+    assert naive > rate + 0.02
