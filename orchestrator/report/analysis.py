@@ -151,9 +151,10 @@ def _summary(study: Study, step: str) -> StepSummary:
         mean=statistics.fmean(xs) if xs else None,
         std=statistics.stdev(xs) if len(xs) >= 2 else None, n=len(xs), values=tuple(values),
         runs=len(runs), states=tuple(sorted(states.items())),
-        tokens_per_s=mean_of(used, "tokens_per_s"), params_total=mean_of(used, "params.total"),
-        iters=mean_of(used, "iters"), tokens=mean_of(used, "tokens"),
-        train_s=mean_of(used, "train_s"), commits=tuple(sorted(commits(used))),
+        tokens_per_s=study.mean(step, "tokens_per_s"),
+        params_total=study.mean(step, "params.total"), iters=study.mean(step, "iters"),
+        tokens=study.mean(step, "tokens"), train_s=study.mean(step, "train_s"),
+        commits=tuple(sorted(commits(used))),
         mechanisms=_mechanisms(config),
     )
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.core.results import AttemptResult
 from orchestrator.core.spec import Spec
-from orchestrator.report.metrics import metric_value
+from orchestrator.report.metrics import lookup, metric_value
 
 CONFOUND_REL = 0.05
 SHAPE_KEYS = (("L", "n_layer"), ("H", "n_head"), ("C", "n_embd"), ("T", "block_size"),
@@ -32,9 +32,20 @@ def code_differs(a: Sequence[AttemptResult], b: Sequence[AttemptResult]) -> bool
     return bool(dirty) and len({x.diff_hash if x.code_dirty else None for x in (*a, *b)}) > 1
 
 
+Signature = Callable[[AttemptResult, str], str]
+
+
+def config_json(x: AttemptResult, key: str) -> str:
+    return json.dumps(lookup(x.config, key), sort_keys=True)
+
+
 def result_confounders(a: str, b: str, xa: Sequence[AttemptResult],
-                       xb: Sequence[AttemptResult]) -> tuple[str, ...]:
-    """Differences between the attempts used on each side (both have results)."""
+                       xb: Sequence[AttemptResult], *, signature: Signature = config_json,
+                       means: tuple[Callable[[str], float | None],
+                                    Callable[[str], float | None]] | None = None
+                       ) -> tuple[str, ...]:
+    """Differences between the attempts used on each side (both have results); `signature`
+    and `means` let a caller memoise the config sections and per-side means."""
     atts = {a: xa, b: xb}
     out: list[str] = []
     shas = {s: commits(atts[s]) for s in (a, b)}
@@ -44,8 +55,7 @@ def result_confounders(a: str, b: str, xa: Sequence[AttemptResult],
     if dirty:
         out.append(f"uncommitted changes in {', '.join(dirty)}")
     for key, what in (("train.budget", "budgets"), ("data", "data")):
-        sides = {s: {json.dumps(lookup(x.config, key), sort_keys=True) for x in atts[s]}
-                 for s in (a, b)}
+        sides = {s: {signature(x, key) for x in atts[s]} for s in (a, b)}
         if sides[a] != sides[b] or len(sides[a]) > 1:
             out.append(f"{what} differ: {a} {fmt_set(sides[a])} vs {b} {fmt_set(sides[b])}")
     eb = {s: {effective_batch(x) for x in atts[s]} for s in (a, b)}
@@ -55,7 +65,8 @@ def result_confounders(a: str, b: str, xa: Sequence[AttemptResult],
     if dev[a] != dev[b] or len(dev[a]) > 1:
         out.append(f"devices differ: {a} {fmt_set(dev[a])} vs {b} {fmt_set(dev[b])}")
     for name, what in (("tokens", "achieved tokens"), ("params.total", "parameter counts")):
-        ma, mb = mean_of(xa, name), mean_of(xb, name)
+        ma, mb = ((means[0](name), means[1](name)) if means is not None
+                  else (mean_of(xa, name), mean_of(xb, name)))
         if ma is not None and mb is not None and mb != 0 and abs(ma - mb) / abs(mb) > CONFOUND_REL:
             out.append(f"{what} {100 * (ma / mb - 1):+.1f}%: {a} {ma:,.0f} vs {b} {mb:,.0f}")
     return tuple(out)
@@ -111,15 +122,6 @@ def scale_note(spec: Spec, chain: Sequence[str], used: Sequence[AttemptResult]) 
 def mean_of(atts: Iterable[AttemptResult], name: str) -> float | None:
     xs = [v for x in atts if (v := metric_value(x.result, name)) is not None]
     return statistics.fmean(xs) if xs else None
-
-
-def lookup(d: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = d
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(part)
-    return node
 
 
 def fmt_set(xs: Iterable[Any]) -> str:

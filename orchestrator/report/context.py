@@ -3,8 +3,10 @@ step and the attempts the analysis uses. Lookup and selection only; no statistic
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -13,7 +15,7 @@ from orchestrator.core.imported import IMPORTED_KEY
 from orchestrator.core.results import AttemptResult, StudyResults
 from orchestrator.core.spec import Pair, Spec
 from orchestrator.core.states import TERMINAL, AttemptState
-from orchestrator.report.metrics import metric_value
+from orchestrator.report.metrics import lookup, metric_value
 from orchestrator.report.values import RunOutcome
 
 TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
@@ -31,6 +33,8 @@ class Study:
     """Equivalence margin: analysis.margin, else the noise floor."""
     order: tuple[str, ...]
     runs: dict[str, tuple[RunOutcome, ...]]
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Values computed once per analysis (metric values per step, config signatures)."""
 
     @classmethod
     def build(cls, results: StudyResults, metric: str | None = None,
@@ -61,12 +65,32 @@ class Study:
         return s.parent if s is not None else None
 
     def used(self, step: str | None) -> tuple[AttemptResult, ...]:
-        return tuple(r.used for r in self.runs.get(step or "", ()) if r.used is not None)
+        key = ("used", step)
+        if key not in self.memo:
+            self.memo[key] = tuple(r.used for r in self.runs.get(step or "", ())
+                                   if r.used is not None)
+        out: tuple[AttemptResult, ...] = self.memo[key]
+        return out
 
     def values(self, step: str, metric: str) -> dict[int, float]:
-        """seed -> metric value of the attempts used."""
-        return {a.seed: v for a in self.used(step)
-                if (v := metric_value(a.result, metric)) is not None}
+        """seed -> metric value of the attempts used (a copy: callers may change it)."""
+        key = ("values", step, metric)
+        if key not in self.memo:
+            self.memo[key] = {a.seed: v for a in self.used(step)
+                              if (v := metric_value(a.result, metric)) is not None}
+        return dict(self.memo[key])
+
+    def mean(self, step: str | None, metric: str) -> float | None:
+        xs = list(self.values(step or "", metric).values())
+        return sum(xs) / len(xs) if xs else None
+
+    def signature(self, a: AttemptResult, key: str) -> str:
+        """The JSON of one config section of an attempt (what confounders compare)."""
+        memo_key = ("sig", a.attempt_id, key)
+        if memo_key not in self.memo:
+            self.memo[memo_key] = json.dumps(lookup(a.config, key), sort_keys=True)
+        out: str = self.memo[memo_key]
+        return out
 
     def expect_of(self, step: str) -> dict[str, tuple[float, float]]:
         s = self.spec.steps.get(step)

@@ -18,6 +18,9 @@ CURVE = "val_loss"
 def metric_value(result: Mapping[str, Any], name: str) -> float | None:
     """A finite number from a result dict: a key, a dotted path (`params.total`), or a
     perplexity derived from its loss (`best_val_ppl` = exp(best_val_loss))."""
+    direct = result.get(name)
+    if type(direct) is float or type(direct) is int:   # the common case, fast
+        return float(direct) if math.isfinite(direct) else None
     if name.endswith("_ppl") and name not in result:
         loss = metric_value(result, name[: -len("_ppl")] + "_loss")
         return math.exp(loss) if loss is not None and loss < 700 else None
@@ -30,6 +33,16 @@ def metric_value(result: Mapping[str, Any], name: str) -> float | None:
         return None
     value = float(node)
     return value if math.isfinite(value) else None
+
+
+def lookup(d: Mapping[str, Any], dotted: str) -> Any:
+    """`train.budget` of a nested mapping; None where a part is missing."""
+    node: Any = d
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
 
 
 def lower_is_better(metric: str) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 from orchestrator.core.results import AttemptResult, MetricSeries
 from orchestrator.core.spec import Rule
-from orchestrator.report.confounders import fmt_set, mean_of
+from orchestrator.report.confounders import fmt_set
 from orchestrator.report.context import TERMINAL_NAMES, Study
 from orchestrator.report.metrics import is_gate_stat, lower_is_better, split_stat
 from orchestrator.report.values import Comparison, ExpectCheck, Flag, RuleOutcome, RunOutcome
@@ -62,8 +62,8 @@ def flags(study: Study, expectations: Sequence[ExpectCheck],
                                 run.seed))
         parent = study.parent(step)
         if parent is not None:
-            tps = mean_of(study.used(step), "tokens_per_s")
-            ptps = mean_of(study.used(parent), "tokens_per_s")
+            tps = study.mean(step, "tokens_per_s")
+            ptps = study.mean(parent, "tokens_per_s")
             if tps is not None and ptps and tps < (1 - THROUGHPUT_DROP) * ptps:
                 out.append(Flag("throughput", step, f"throughput {100 * (tps / ptps - 1):+.1f}%"
                                 f" vs {parent} ({tps:,.0f} vs {ptps:,.0f} tokens/s)"))

@@ -46,9 +46,9 @@ DECIDED: frozenset[str] = frozenset({"better", "worse", "equivalent"})
 POWER = 0.8
 MAX_SEEDS_ESTIMATE = 10_000
 """seeds_needed above this is reported as None (not estimable in any useful sense)."""
-NC_SURE = 12.0
-"""A noncentrality this far past the critical value has power 1 to double precision (and
-scipy's nct loses accuracy out there)."""
+NC_SURE = 8.0
+"""Power is taken as 1 once the noncentrality exceeds 3 x the critical value + this (even at
+df 1 that leaves a miss chance below 1e-3; scipy's nct loses accuracy out there)."""
 
 
 @dataclass(frozen=True)
@@ -240,28 +240,50 @@ def _power_diff(delta: float, se: float, df: float, alpha: float) -> float:
     """Power of the two-sided t test at level alpha when the true delta / se is `delta/se`."""
     crit = float(sp.stdtrit(df, 1.0 - alpha / 2.0))
     nc = abs(delta) / se
-    if nc > crit + NC_SURE:
+    if nc > 3.0 * crit + NC_SURE:
         return 1.0
-    return float(1.0 - sp.nctdtr(df, nc, crit) + sp.nctdtr(df, nc, -crit))
+    power = float(1.0 - sp.nctdtr(df, nc, crit) + sp.nctdtr(df, nc, -crit))
+    if math.isnan(power):   # the ufunc fails far in the tail; the distribution object may not
+        power = float(st.nct.sf(crit, df, nc) + st.nct.cdf(-crit, df, nc))
+    return (1.0 if nc > crit else 0.0) if math.isnan(power) else power
 
 
 def _power_equiv(delta: float, se: float, df: float, alpha: float, margin: float) -> float:
     """Power of TOST (the usual lower bound: P(T1 > t) + P(T2 > t) - 1, floored at 0)."""
     crit = float(sp.stdtrit(df, 1.0 - alpha))
     up, lo = ((margin - delta) / se, (margin + delta) / se)
-    if min(up, lo) > crit + NC_SURE:
+    if min(up, lo) > 3.0 * crit + NC_SURE:
         return 1.0
-    return max(1.0 - float(sp.nctdtr(df, up, crit) + sp.nctdtr(df, lo, crit)), 0.0)
+    power = 1.0 - float(sp.nctdtr(df, up, crit) + sp.nctdtr(df, lo, crit))
+    if math.isnan(power):
+        power = float(st.nct.sf(crit, df, up) + st.nct.sf(crit, df, lo)) - 1.0
+    if math.isnan(power):
+        return 1.0 if min(up, lo) > crit else 0.0
+    return max(power, 0.0)
 
 
-def _smallest_n(power_at: _PowerAt) -> int | None:
-    """Smallest n in [2, MAX_SEEDS_ESTIMATE] with power_at(n) >= POWER: doubling, then
+def _smallest_n(power_at: _PowerAt, guess: float) -> int | None:
+    """Smallest n in [2, MAX_SEEDS_ESTIMATE] with power_at(n) >= POWER, searched from the
+    normal-approximation `guess`: a bracket by doubling strides away from it, then
     bisection (power grows with n)."""
-    lo, hi = 1, 2
-    while power_at(hi) < POWER:
-        if hi >= MAX_SEEDS_ESTIMATE:
-            return None
-        lo, hi = hi, min(2 * hi, MAX_SEEDS_ESTIMATE)
+    if not math.isfinite(guess) or guess > MAX_SEEDS_ESTIMATE:
+        return None
+    n = min(max(2, int(guess)), MAX_SEEDS_ESTIMATE)
+    stride = 1
+    if power_at(n) >= POWER:
+        hi = n
+        lo = max(hi - stride, 1)
+        while lo > 1 and power_at(lo) >= POWER:
+            hi, stride = lo, 2 * stride
+            lo = max(hi - stride, 1)
+    else:
+        lo = n
+        hi = min(lo + stride, MAX_SEEDS_ESTIMATE)
+        while power_at(hi) < POWER:
+            if hi >= MAX_SEEDS_ESTIMATE:
+                return None
+            lo, stride = hi, 2 * stride
+            hi = min(lo + stride, MAX_SEEDS_ESTIMATE)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if power_at(mid) >= POWER:
@@ -269,6 +291,20 @@ def _smallest_n(power_at: _PowerAt) -> int | None:
         else:
             lo = mid
     return max(hi, 2)
+
+
+def _guess(delta: float, var_sum: float, alpha: float, margin: float) -> float:
+    """Seeds per side a z test would need (scipy's normal quantiles): the start of the
+    t-based search."""
+    z_beta = float(sp.ndtri(POWER))
+    out = math.inf
+    if delta != 0:
+        out = var_sum * ((float(sp.ndtri(1 - alpha / 2)) + z_beta) / delta) ** 2
+    if margin > abs(delta):
+        z_half = float(sp.ndtri(1 - (1 - POWER) / 2))
+        out = min(out, var_sum * ((float(sp.ndtri(1 - alpha)) + z_half)
+                                  / (margin - abs(delta))) ** 2)
+    return out
 
 
 class _PowerAt:
@@ -303,7 +339,8 @@ def _needed_paired(delta: float, sd: float, alpha: float, margin: float) -> int 
         return None
     if delta == 0 and margin == 0:
         return None
-    return _smallest_n(_PowerAt(delta, sd * sd, _DfOf(None, None), alpha, margin))
+    return _smallest_n(_PowerAt(delta, sd * sd, _DfOf(None, None), alpha, margin),
+                       _guess(delta, sd * sd, alpha, margin))
 
 
 def _needed_welch(delta: float, sa: float | None, sb: float | None, alpha: float,
@@ -312,4 +349,6 @@ def _needed_welch(delta: float, sa: float | None, sb: float | None, alpha: float
         return None
     if delta == 0 and margin == 0:
         return None
-    return _smallest_n(_PowerAt(delta, sa * sa + sb * sb, _DfOf(sa, sb), alpha, margin))
+    var_sum = sa * sa + sb * sb
+    return _smallest_n(_PowerAt(delta, var_sum, _DfOf(sa, sb), alpha, margin),
+                       _guess(delta, var_sum, alpha, margin))

@@ -151,8 +151,12 @@ def readings_of(study: Study, p: Planned, series: MetricSeries | None) -> list[S
     if series is None or not is_loss(p.metric):
         return out
     ua, ub = study.used(p.a), study.used(p.b)
-    curves = {x.attempt_id: token_curve(x, series.get(x.attempt_id, {}).get(CURVE, []))
-              for x in (*ua, *ub)}
+    curves = {}
+    for x in (*ua, *ub):
+        key = ("curve", x.attempt_id)
+        if key not in study.memo:
+            study.memo[key] = token_curve(x, series.get(x.attempt_id, {}).get(CURVE, []))
+        curves[x.attempt_id] = study.memo[key]
     if not ua or not ub or not all(curves[x.attempt_id] for x in (*ua, *ub)):
         return out
     best = p.metric.startswith("best_")
@@ -185,9 +189,12 @@ def readings_of(study: Study, p: Planned, series: MetricSeries | None) -> list[S
 
 
 def _recompare(samples: Sequence[Sample], basis: str, p: Planned, level: float) -> CompareResult:
+    """The final test of one reading at its corrected level; only the equal-budget reading
+    (the one seeds are added for) estimates seeds_needed."""
     s = next(x for x in samples if x.basis == basis)
     level = min(max(level, 1e-12), 0.999)
-    return compare(s.a, s.b, lower_is_better=lower_is_better(s.metric), margin=p.margin, alpha=level)
+    return compare(s.a, s.b, lower_is_better=lower_is_better(s.metric), margin=p.margin,
+                   alpha=level, estimate_seeds=basis == "budget")
 
 
 def _sequential(p: Planned, budget: Sample,
@@ -270,7 +277,9 @@ def _comparison(study: Study, p: Planned, samples: Sequence[Sample],
         missing = [s for s, xs in ((p.a, samples[0].a), (p.b, samples[0].b)) if not xs]
         why = "; ".join(f"{s} {study.why_missing(s)}" for s in missing)
         return replace(base, note=why or base.note)
-    found = conf.result_confounders(p.a, p.b, ua, ub)
+    found = conf.result_confounders(
+        p.a, p.b, ua, ub, signature=study.signature,
+        means=(lambda m: study.mean(p.a, m), lambda m: study.mean(p.b, m)))
     mean_b = statistics.fmean(samples[0].b.values())
     verdict = budget.verdict
     note = base.note
@@ -288,18 +297,19 @@ def _comparison(study: Study, p: Planned, samples: Sequence[Sample],
         ci=budget.ci, p=budget.p, p_adj=budget.p_adj, df=budget.df, paired=budget.paired,
         method=budget.method, seeds_needed=budget.seeds_needed, alpha=budget.alpha,
         confounders=tuple(dict.fromkeys(found + base.confounders)), note=note,
-        interpretation=_interpret(p, readings, ua, ub), sequential=seq[2], looks=seq[1])
+        interpretation=_interpret(p, readings, study.mean(p.a, "tokens"),
+                                  study.mean(p.b, "tokens")),
+        sequential=seq[2], looks=seq[1])
 
 
-def _interpret(p: Planned, readings: Sequence[Reading], ua: Sequence[AttemptResult],
-               ub: Sequence[AttemptResult]) -> str:
+def _interpret(p: Planned, readings: Sequence[Reading], ta: float | None,
+               tb: float | None) -> str:
     """When the sides saw more than 5 % different token counts and the equal-budget and
     equal-token readings disagree, which one is throughput and which is quality."""
     budget = readings[0]
     tokens = next((r for r in readings if r.basis == "tokens"), None)
     if tokens is None or tokens.verdict == "pending" or tokens.verdict == budget.verdict:
         return ""
-    ta, tb = conf.mean_of(ua, "tokens"), conf.mean_of(ub, "tokens")
     if not ta or not tb or abs(ta / tb - 1) <= TOKENS_DIFFER:
         return ""
     return (f"{p.a} trained on {100 * (ta / tb - 1):+.0f}% tokens vs {p.b}: at equal budget "

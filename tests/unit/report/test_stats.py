@@ -292,3 +292,22 @@ def test_adding_seeds_until_decided_keeps_the_false_decision_rate() -> None:
         naive += hit_naive
     assert spent / reps <= mc_bound(ALPHA, reps), spent / reps
     assert naive / reps > mc_bound(ALPHA, reps), naive / reps
+
+
+def test_seeds_needed_is_the_smallest_n_with_power_080() -> None:
+    """Against an independent power computation with scipy.stats.nct (paired: n - 1 df)."""
+
+    def power(delta: float, sd: float, n: int) -> float:
+        df = n - 1
+        crit = st.t.isf(ALPHA / 2, df)
+        nc = abs(delta) / (sd / math.sqrt(n))
+        return float(st.nct.sf(crit, df, nc) + st.nct.cdf(-crit, df, nc))
+
+    for a_vals, b_vals in (([3.00, 3.03, 3.01], [2.99, 3.00, 3.00]),
+                           ([3.10, 3.05, 3.12, 3.02], [3.00, 3.01, 3.04, 3.03]),
+                           ([3.0, 3.2], [3.05, 3.1])):
+        r = compare(dict(enumerate(a_vals)), dict(enumerate(b_vals)))
+        assert r.verdict == "inconclusive" and r.delta is not None and r.sd is not None
+        n = r.seeds_needed
+        assert n is not None and power(r.delta, r.sd, n) >= 0.8
+        assert n == 2 or power(r.delta, r.sd, n - 1) < 0.8
