@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as st
 
 from orchestrator.report.stats import (
+    CompareResult,
     compare,
     holm,
     holm_alpha,
@@ -19,6 +20,11 @@ from orchestrator.report.stats import (
 )
 
 ALPHA = 0.05
+
+
+def fast(a: dict[int, float], b: dict[int, float], **kw: float) -> CompareResult:
+    """compare() without the seeds_needed search, for loops that only read the verdict."""
+    return compare(a, b, estimate_seeds=False, **kw)  # type: ignore[arg-type]
 
 
 def mc_bound(rate: float, reps: int) -> float:
@@ -122,8 +128,8 @@ def test_result_is_frozen_and_seeds_needed_only_when_undecided() -> None:
 def test_aa_false_decision_rate(n: int) -> None:
     rng = np.random.default_rng(100 + n)
     reps = 1500
-    paired = sum(compare(*paired_sample(rng, n, 0.0, 0.05, 0.02)).decided for _ in range(reps))
-    disjoint = sum(compare(*disjoint_sample(rng, n, 0.0, 0.03)).decided for _ in range(reps))
+    paired = sum(fast(*paired_sample(rng, n, 0.0, 0.05, 0.02)).decided for _ in range(reps))
+    disjoint = sum(fast(*disjoint_sample(rng, n, 0.0, 0.03)).decided for _ in range(reps))
     bound = mc_bound(ALPHA, reps)
     assert paired / reps <= bound, paired / reps
     assert disjoint / reps <= bound, disjoint / reps
@@ -134,7 +140,7 @@ def test_power_at_two_sd_of_the_paired_difference() -> None:
     reps = 800
     noise = 0.01
     sd_diff = noise * math.sqrt(2)
-    wins = sum(compare(*paired_sample(rng, 5, -2 * sd_diff, 0.05, noise)).verdict == "better"
+    wins = sum(fast(*paired_sample(rng, 5, -2 * sd_diff, 0.05, noise)).verdict == "better"
                for _ in range(reps))
     assert wins / reps >= 0.7, wins / reps
 
@@ -147,8 +153,8 @@ def test_shared_seed_component_does_not_hide_a_small_effect() -> None:
     paired = welch = 0
     for _ in range(reps):
         a, b = paired_sample(rng, 3, 0.01, 1.0, 0.001)
-        paired += compare(a, b).verdict == "worse"
-        welch += compare(a, {s + 100: v for s, v in b.items()}).decided
+        paired += fast(a, b).verdict == "worse"
+        welch += fast(a, {s + 100: v for s, v in b.items()}).decided
     assert paired / reps >= 0.9, paired / reps
     assert welch / reps <= 0.1, welch / reps
 
@@ -159,8 +165,8 @@ def test_equivalent_when_no_effect_and_small_spread() -> None:
     equiv = at_zero = 0
     for _ in range(reps):
         a, b = paired_sample(rng, 3, 0.0, 0.05, 0.004)
-        equiv += compare(a, b, margin=0.05).verdict == "equivalent"
-        at_zero += compare(a, b, margin=0.0).verdict == "equivalent"
+        equiv += fast(a, b, margin=0.05).verdict == "equivalent"
+        at_zero += fast(a, b, margin=0.0).verdict == "equivalent"
     assert equiv / reps >= 0.8, equiv / reps
     assert at_zero == 0
 
@@ -170,9 +176,9 @@ def test_never_equivalent_for_an_effect_well_beyond_the_margin() -> None:
     for n in (2, 3, 5):
         for _ in range(300):
             a, b = paired_sample(rng, n, 0.2, 0.05, 0.01)
-            assert compare(a, b, margin=0.05).verdict != "equivalent"
+            assert fast(a, b, margin=0.05).verdict != "equivalent"
             a, b = disjoint_sample(rng, n, -0.2, 0.01)
-            assert compare(a, b, margin=0.05).verdict != "equivalent"
+            assert fast(a, b, margin=0.05).verdict != "equivalent"
 
 
 def test_seeds_needed_decides_at_least_half_the_time() -> None:
@@ -225,7 +231,7 @@ def test_holm_family_wise_rate_for_ten_aa_comparisons() -> None:
     families = 500
     any_raw = any_holm = 0
     for _ in range(families):
-        ps = [compare(*paired_sample(rng, 3, 0.0, 0.05, 0.02)).p for _ in range(10)]
+        ps = [fast(*paired_sample(rng, 3, 0.0, 0.05, 0.02)).p for _ in range(10)]
         any_raw += any(p is not None and p < ALPHA for p in ps)
         any_holm += any(p is not None and p < ALPHA for p in holm(ps))
     assert any_holm / families <= mc_bound(ALPHA, families), any_holm / families
@@ -283,7 +289,7 @@ def test_adding_seeds_until_decided_keeps_the_false_decision_rate() -> None:
         hit_spent = hit_naive = False
         for n in range(n0, cap + 1):
             ns.append(n)
-            r = compare({s: v for s, v in a.items() if s <= n},
+            r = fast({s: v for s, v in a.items() if s <= n},
                         {s: v for s, v in b.items() if s <= n})
             assert r.p is not None
             hit_naive |= r.p < ALPHA
