@@ -342,3 +342,19 @@ def test_study_wide_rule_and_rule_metric(build, spec000) -> None:
     assert (wide.step, wide.status) == ("*", "fired") and wide.evidence.startswith("step3 seed 1")
     assert (slow.status, slow.condition) == ("fired", "worse_than baseline")
     assert "-2000.0000" in slow.evidence
+
+
+@pytest.mark.parametrize(("analysis", "where"), [
+    ({"alpha": 0.0}, "alpha"), ({"alpha": 1.5}, "alpha"), ({"margin": -0.1}, "margin"),
+    ({"pairs": [{"a": "step1", "b": "baseline", "alpha": 2}]}, "alpha"),
+    ({"pairs": [{"a": "step1", "b": "baseline", "controll": True}]}, "controll"),
+])
+def test_analysis_levels_are_validated(spec000, analysis, where) -> None:
+    from pydantic import ValidationError
+
+    from orchestrator.core.spec import Spec
+
+    spec = spec000()
+    spec["analysis"].update(analysis)
+    with pytest.raises(ValidationError, match=where):
+        Spec.model_validate(spec)
