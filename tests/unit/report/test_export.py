@@ -103,3 +103,16 @@ def test_delta_plot_marks_confounded_and_equivalent(build, spec000, tmp_path) ->
     assert {c.verdict for c in rep.comparisons} >= {"confounded", "equivalent", "better"}
     (path,) = write_plots(rep, {}, tmp_path)
     assert path.name == "deltas.png" and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gate_plot_includes_the_learned_kv_keep_ratio(build, spec000) -> None:
+    from orchestrator.report.plots import gate_curves
+
+    results = build(spec000(), GOOD)
+    series = {a.attempt_id: {"kv_keep_ratio/L0": [(0, 0.7), (100, 0.6)],
+                             "kv_keep_ratio/L1": [(0, 0.7), (100, 0.5)],
+                             "kv_keep_ratio_lm_grad": [(0, 0.1), (100, 0.2)]}
+              for a in results.attempts if a.step == "step1"}
+    curves = gate_curves(analyze(results), series)
+    assert list(curves) == ["step1"] and list(curves["step1"]) == ["kv_keep_ratio"]
+    assert curves["step1"]["kv_keep_ratio"][1] == [0.7, 0.55]      # mean over layers
