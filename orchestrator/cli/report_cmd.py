@@ -25,6 +25,12 @@ class Format(enum.StrEnum):
     json = "json"
 
 
+class Axis(enum.StrEnum):
+    auto = "auto"
+    tokens = "tokens"
+    iteration = "iteration"
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's top-level commands to the root app."""
     app.command("report")(report)
@@ -39,6 +45,9 @@ def report(
         "--out", "-o", help="Write the report to this file instead of stdout.")] = None,
     metric: Annotated[str | None, typer.Option(
         "--metric", help="Metric to compare (default: the spec's analysis.metric).")] = None,
+    x_axis: Annotated[Axis, typer.Option(
+        "--x-axis", help="x axis of curves.png (auto: tokens under a time budget, else "
+        "iterations).")] = Axis.auto,
     db: DbOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
@@ -61,7 +70,8 @@ def report(
     if plot is not None:
         from orchestrator.report.plots import write_plots
 
-        plots = write_plots(rep, series, plot)
+        plots = write_plots(rep, series, plot,
+                            None if x_axis is Axis.auto else x_axis.value)
         for p in plots:
             say(f"wrote {p}")
         if not plots:

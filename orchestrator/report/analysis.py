@@ -61,14 +61,17 @@ def analyze(results: StudyResults, series: MetricSeries | None = None, *,
         used_attempts={s: tuple((r.seed, r.used.attempt_id) for r in study.runs.get(s, ())
                                 if r.used is not None) for s in study.order},
         alpha=study.alpha, margin=study.margin,
-        method=method_text(study.alpha, study.margin, len(decided), bool(results.looks)),
+        method=method_text(study.alpha, study.margin,
+                           sum(1 for c in decided.values() if c.p is not None),
+                           bool(results.looks)),
         time_budget=any(((a.config.get("train") or {}).get("budget") or {}).get("seconds")
                         for s in study.order for a in study.used(s)),
     )
 
 
 def method_text(alpha: float, margin: float, family: int, looks: bool) -> str:
-    """The report's header: how every verdict was reached."""
+    """The report's header: how every verdict was reached; `family` = the tests Holm
+    adjusts at equal budget (those with data on both sides)."""
     eq = (f"equivalent = a TOST at {alpha:g} puts it inside ±{margin:g}" if margin > 0 else
           "no equivalence margin (set analysis.margin or noise_floor)")
     seq = ("; seeds added after a look: O'Brien-Fleming alpha spending on n/n_max, looks "
