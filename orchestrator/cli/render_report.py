@@ -57,6 +57,8 @@ def text_table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[Ce
     for i, (name, cap, _) in enumerate(columns):
         longest = max((len(line) for row in rows for line in row[i][0].split("\n")),
                       default=0)
+        if i == len(columns) - 1:      # the last column takes what the others leave
+            cap = max(cap, WIDTH - sum(widths) - 2 * (len(columns) - 1))
         widths.append(max(1, min(cap, max(longest, len(name)))))
     out = Text(no_wrap=True, overflow="fold")
     out.append(title + "\n", style="bold")
@@ -118,7 +120,8 @@ def render_report(report: Report) -> RenderableType:
               (f"{fmt_p(c.p)}\n{fmt_p(c.p_adj)}", ""),
               (c.verdict, VERDICT_STYLE.get(c.verdict, "")),
               ("\n".join(fmt_reading(r, short=True) for r in c.readings[1:]) or "–", ""),
-              ("\n".join([fmt_test(c), *comparison_notes(c)]),
+              ("\n".join(([fmt_test(c)] if c.delta is not None else [])
+                         + comparison_notes(c)) or "–",
                "yellow" if c.confounders else "dim")] for c in report.comparisons]))
 
     if report.cumulative:
