@@ -53,7 +53,7 @@ def text_table(title: str, columns: Sequence[Column], rows: Sequence[Sequence[Ce
     """Columns as one Text, cells wrapped inside their column's width (no rich Table: its
     layout costs 1-8 ms a row, which a 100-step report cannot afford, docs/performance.md).
     A column is as wide as its widest cell or header, capped at its max width."""
-    widths = []
+    widths: list[int] = []
     for i, (name, cap, _) in enumerate(columns):
         longest = max((len(line) for row in rows for line in row[i][0].split("\n")),
                       default=0)
