@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orchestrator.cli.common import DbOption, SetOption, db_url, redact, say, split_csv
+from orchestrator.cli.common import DbOption, SetOption, db_url, redact_url, say, split_csv
 from orchestrator.cli.queue_cmd import StepsOption
 from orchestrator.cli.workers_cmd import (
     DEFAULT_RUNS_DIR,
@@ -46,7 +46,7 @@ def ensure_database(url: str) -> None:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
         migrate.upgrade(url)
-        say(f"created {redact(url)}")
+        say(f"created {redact_url(url)}")
 
 
 def run(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,13 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, Engine
 
 from orchestrator.core.errors import DatabaseUnavailable, SchemaOutOfDate
+from orchestrator.queue.redact import redact_text
+from orchestrator.queue.redact import redact_url as redact_url  # re-exported
 from orchestrator.queue.types import finite_json
 
 VERSION_TABLE = "recip_alembic_version"
 READ_ONLY = "recip_read_only"
 _URL_HELP = "expected sqlite:///PATH.db or postgresql+psycopg://USER@HOST:PORT/DB"
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password, if any, replaced by `***`."""
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", url)
-
-
 def parse_url(url: str) -> URL:
     """The SQLAlchemy URL for `url`; bare `postgresql://` means psycopg 3."""
     try:
@@ -41,6 +34,11 @@ def parse_url(url: str) -> URL:
         raise DatabaseUnavailable(f"invalid database URL {redact_url(url)!r}: {_URL_HELP}") from e
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.host and "@" in parsed.host:
+        # a raw `@` in the password (`u:p@ss@host`): SQLAlchemy cuts at the first `@`,
+        # a user means the last one
+        extra, _, host = parsed.host.rpartition("@")
+        parsed = parsed.set(password=f"{parsed.password or ''}@{extra}", host=host)
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise DatabaseUnavailable(
             f"unsupported database {parsed.get_backend_name()!r} in {redact_url(url)!r}: {_URL_HELP}"
@@ -152,7 +150,7 @@ def describe_error(e: BaseException) -> str:
     """The first line of a driver error, without SQL or parameters."""
     orig = getattr(e, "orig", None) or e
     text = str(orig).strip().splitlines()
-    return redact_url(text[0] if text else type(orig).__name__)
+    return redact_text(text[0] if text else type(orig).__name__)
 
 
 def database_revision(conn: Connection) -> str | None:

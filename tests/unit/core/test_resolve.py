@@ -157,8 +157,8 @@ def test_runplan_metadata() -> None:
 def test_hash_is_stable_across_spellings_and_order() -> None:
     a = plan_of(BASE)
     spelled = copy.deepcopy(BASE)
-    spelled["defaults"]["train"] = {"warmup": 20, "lr": "6e-4", "budget": {"seconds": 60.0}}
-    spelled["steps"]["V3"]["train"] = {"budget": {"iters": 500}, "batch_size": "4"}
+    spelled["defaults"]["train"] = {"warmup": 20, "lr": 0.0006, "budget": {"seconds": 60.0}}
+    spelled["steps"]["V3"]["train"] = {"budget": {"iters": 500}, "batch_size": 4}
     b = plan_of(spelled)
     assert [r.config_hash for r in a.runs] == [r.config_hash for r in b.runs]
     assert a.spec_hash == b.spec_hash
