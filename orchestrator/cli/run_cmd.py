@@ -75,6 +75,9 @@ def run(
     grace: GraceOption = 120.0,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip the final report.")
                          ] = False,
+    other_studies: Annotated[bool, typer.Option(
+        "--other-studies", help="Let the workers also run other studies' queued attempts "
+        "(default: only this study's).")] = False,
     interval: Annotated[float, typer.Option(hidden=True)] = 2.0,
 ) -> None:
     """Submit a study, run it on local workers with a live dashboard, then report it."""
@@ -109,7 +112,8 @@ def run(
         for line in describe_submit(result, len(plan.runs)):
             say(line)
         config = pool_config(db=url, runs_dir=runs_dir, gpus=gpus, cpu_workers=cpu_workers,
-                             address=address, until_empty=True, study=plan.name, lease=lease,
+                             address=address, until_empty=True,
+                             study=None if other_studies else plan.name, lease=lease,
                              grace=grace)
         with pidfile(config.runs_dir, url, f"run {plan.name}"):
             pool = WorkerPool(config)

@@ -209,8 +209,17 @@ def pool_config(*, db: str, runs_dir: Path, gpus: str | None, cpu_workers: int |
                 address: str | None, until_empty: bool, study: str | None, lease: float,
                 grace: float) -> PoolConfig:
     from workers.pool import PoolConfig
+    from workers.train import disk
 
+    need, free = disk.min_free_bytes(), disk.free_bytes(runs_dir)
+    if need and free is not None and free < need:  # the workers would refuse every claim
+        raise WorkerError(
+            f"only {disk.fmt_bytes(free)} free in {runs_dir.resolve()}: a worker needs "
+            f"{disk.fmt_bytes(need)} to claim an attempt (${disk.MIN_FREE_ENV}); free space "
+            "there or pass another --runs-dir")
     env = {}
+    if os.environ.get(disk.MIN_FREE_ENV):
+        env[disk.MIN_FREE_ENV] = os.environ[disk.MIN_FREE_ENV]
     if os.environ.get("RECIP_DATA_DIR"):
         env["RECIP_DATA_DIR"] = str(Path(os.environ["RECIP_DATA_DIR"]).resolve())
     else:

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from orchestrator.core.errors import DatabaseUnavailable, QueueError
 from orchestrator.queue.db import (
     READ_ONLY,
+    VERSION_TABLE,
     check_sqlite_file,
     database_revision,
     describe_error,
@@ -87,6 +88,22 @@ def current(url: str) -> str | None:
         engine.dispose()
 
 
+RECIP_TABLES = frozenset({VERSION_TABLE, "studies", "runs", "attempts", "events", "metrics",
+                          "workers"})
+
+
+def _refuse_foreign_sqlite(conn: Connection, url: str) -> None:
+    """QueueError when a SQLite file without a recip schema already holds other tables:
+    `recip db upgrade` must not add recip's tables to another application's database."""
+    names = set(sa.inspect(conn).get_table_names())
+    foreign = sorted(n for n in names - RECIP_TABLES if not n.startswith("sqlite_"))
+    if foreign and database_revision(conn) is None:
+        shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        raise QueueError(
+            f"{redact_url(url)} holds another application's tables ({shown}) and no recip "
+            "schema: recip keeps its queue in a file of its own; pass another --db")
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at `url` up to `revision`, under the migration lock."""
     _run(url, lambda cfg: command.upgrade(cfg, revision))
@@ -105,6 +122,8 @@ def _run(url: str, action: Callable[[Config], None]) -> None:
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
+            else:
+                _refuse_foreign_sqlite(conn, url)
             action(alembic_config(url, conn))
     except CommandError as e:
         raise QueueError(f"cannot migrate {redact_url(url)}: {e}") from e
