@@ -149,7 +149,10 @@ def _check_sizes(root: yaml.Node) -> None:
 
 def _check_scalar(node: yaml.ScalarNode, path: Loc) -> None:
     if node.tag == _FLOAT_TAG:
-        value = SpecLoader.construct_yaml_float(_SCRATCH, node)
+        try:
+            value = SpecLoader.construct_yaml_float(_SCRATCH, node)
+        except (ValueError, IndexError):  # `!!float ''`, `!!float abc`
+            raise SpecProblem(path, f"{node.value!r} is not a number: write e.g. 0.5") from None
         if not math.isfinite(value):
             raise SpecProblem(path, f"{node.value} is not a finite number: write a finite value")
     elif node.tag == _INT_TAG and len(node.value) > MAX_INT_DIGITS:
@@ -218,7 +221,10 @@ def parse_yaml(text: str, *, file: str) -> Any:
         _check_flow_depth(text)
     except _Limit as e:
         raise SpecError(e.message, file=file, path=f"line {e.line}") from None
-    loader = SpecLoader(text)
+    try:
+        loader = SpecLoader(text)
+    except yaml.YAMLError as e:  # the reader refuses control characters up front
+        raise SpecError(f"not valid YAML: {str(e).splitlines()[0]}", file=file) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -230,7 +236,8 @@ def parse_yaml(text: str, *, file: str) -> Any:
             raise SpecError(p.message, file=file, path=format_path(p.path)) from None
         try:
             return loader.construct_document(node)
-        except (ValueError, OverflowError, TypeError) as e:  # e.g. a timestamp 2001-13-45
+        except (ValueError, OverflowError, TypeError, IndexError, KeyError) as e:
+            # a value PyYAML's constructors choke on: a timestamp 2001-13-45, `!!int ''`
             line = (str(e).splitlines() or [type(e).__name__])[0]
             raise SpecError(f"not a valid YAML value ({line}): fix or quote it", file=file) from None
     except _Limit as e:
