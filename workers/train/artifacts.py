@@ -76,13 +76,18 @@ RESULT_KEYS = (
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to `path` via a temp file in the same directory and os.replace."""
+    """Write JSON to `path` via a temp file in the same directory and os.replace (the temp
+    file is removed when the write fails)."""
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk leaves no half-written temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> Any | None:
