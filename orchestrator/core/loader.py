@@ -324,7 +324,14 @@ def to_spec_error(err: ValidationError, *, file: str) -> SpecError:
     return SpecError(message, file=file, path=format_path(loc) or None)
 
 
-def _describe(e: Mapping[str, Any]) -> tuple[Loc, str]:
+def describe_validation(err: ValidationError, root: type[BaseModel]) -> tuple[Loc, str]:
+    """The path and message of the first problem of validating `root` (as spec errors word
+    it), for callers that build their own line (`--set` validates one section)."""
+    errors = sorted(err.errors(include_url=False), key=lambda e: e["type"] == "missing")
+    return _describe(errors[0], root)
+
+
+def _describe(e: Mapping[str, Any], root: type[BaseModel] | None = None) -> tuple[Loc, str]:
     loc: Loc = tuple(e["loc"])
     kind = e["type"]
     ctx = e.get("ctx") or {}
@@ -332,7 +339,7 @@ def _describe(e: Mapping[str, Any]) -> tuple[Loc, str]:
     if isinstance(cause, SpecProblem):
         return (*loc, *cause.path), cause.message
     if kind == "extra_forbidden":
-        return loc, _unknown_key(loc)
+        return loc, _unknown_key(loc, root or Spec)
     if kind == "missing":
         return loc, "required key is missing: " + _MISSING_FIX.get(loc, f"add `{loc[-1]}:`")
     msg = str(e["msg"])
@@ -380,9 +387,9 @@ def _strict_type(kind: str, value: Any) -> str | None:
     return None
 
 
-def _unknown_key(loc: Loc) -> str:
+def _unknown_key(loc: Loc, root: type[BaseModel]) -> str:
     key = str(loc[-1])
-    known = _known_keys(loc[:-1])
+    known = _known_keys(loc[:-1], root)
     text = f"unknown key {key!r}"
     if known:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -392,9 +399,9 @@ def _unknown_key(loc: Loc) -> str:
     return text
 
 
-def _known_keys(loc: Loc) -> list[str]:
-    """Field names of the model found at `loc` (walking annotations from Spec)."""
-    current: Any = Spec
+def _known_keys(loc: Loc, root: type[BaseModel]) -> list[str]:
+    """Field names of the model found at `loc` (walking annotations from `root`)."""
+    current: Any = root
     for part in loc:
         current = _unwrap(current)
         if isinstance(current, type) and issubclass(current, BaseModel):

@@ -199,9 +199,10 @@ def _apply_sets(section: str, acc: dict[str, Any], sets: Sequence[tuple[str, Any
     try:
         validated = model.model_validate(acc)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in (section, *err["loc"]))
-        raise SpecError(f"{where}: {err['msg']}", path="--set") from None
+        from orchestrator.core.loader import describe_validation, format_path
+
+        loc, message = describe_validation(e, model)
+        raise SpecError(f"{format_path((section, *loc))}: {message}", path="--set") from None
     out: dict[str, Any] = validated.model_dump(mode="json")
     return out
 
