@@ -75,3 +75,16 @@ def test_below_the_threshold_the_worker_claims_nothing_and_says_so(
     assert states(repo, clock)[("V0", 1)] == ("queued", 1, None)
     assert any("not claiming:" in r.getMessage() and "free in" in r.getMessage()
                for r in caplog.records)
+
+
+def test_workers_up_refuses_a_runs_dir_below_the_threshold(sqlite_url: str, tmp_path: Path,
+                                                           capfd) -> None:
+    from orchestrator.cli.app import run
+
+    with small_filesystem(tmp_path / "runs", 64 * 1024) as runs:
+        fill(runs)
+        rc = run(["workers", "up", "--runs-dir", str(runs), "--db", sqlite_url])
+        out, err = capfd.readouterr()
+        assert (rc, out) == (1, "")
+        assert err.startswith("error: only ") and f"free in {runs}: a worker needs 200.0 MB" in err
+        assert "RECIP_MIN_FREE_MB" in err and len(err.splitlines()) == 1
