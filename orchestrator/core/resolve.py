@@ -159,8 +159,10 @@ def _check_overrides(ov: Overrides, presets: Mapping[str, Mapping[str, object]])
 
     if ov.preset is not None and ov.preset not in presets:
         raise bad("--preset", f"unknown preset {ov.preset!r} (known: {', '.join(presets)})")
-    if ov.time is not None and not (math.isfinite(ov.time) and ov.time > 0):
-        raise bad("--time", f"must be > 0 seconds (a finite number), got {ov.time}")
+    if ov.time is not None and not math.isfinite(ov.time):
+        raise bad("--time", f"must be a finite number of seconds, got {ov.time}")
+    if ov.time is not None and not ov.time > 0:
+        raise bad("--time", f"must be > 0 seconds, got {ov.time}")
     if ov.max_iters is not None and ov.max_iters <= 0:
         raise bad("--max-iters", f"must be > 0, got {ov.max_iters}")
     if ov.seeds is not None:
