@@ -376,7 +376,7 @@ class WorkerLoop:
         parts = [claimed.study, claimed.step, f"seed{claimed.seed}",
                  f"attempt{claimed.attempt_no}"]
         for part in parts:
-            if not _SAFE_PART.match(part):
+            if not _SAFE_PART.fullmatch(part):
                 raise ArtifactDirTaken(f"unsafe name {part!r} in the artifact path")
         outdir = self.settings.runs_dir.joinpath(*parts)
         info = {

@@ -84,7 +84,7 @@ def git_log(root: Path, last: str | None, now: str | None) -> list[str]:
     cannot be shown (unknown commit, same commit, commit missing from this checkout)."""
     if not last or not now:
         return ["(no commit recorded)" if not last else "(no commit to run)"]
-    if not (_SHA.match(last) and _SHA.match(now)):
+    if not (_SHA.fullmatch(last) and _SHA.fullmatch(now)):
         return ["(not a commit id)"]
     if now.startswith(last) or last.startswith(now):
         return ["(same commit)"]

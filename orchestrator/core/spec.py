@@ -82,7 +82,7 @@ class DataSection(_Strict):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        if not _DATASET.match(v):
+        if not _DATASET.fullmatch(v):
             raise ValueError(f"unknown dataset {v!r} (use kjv, text:PATH or hf:NAME)")
         return v
 

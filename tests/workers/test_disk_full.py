@@ -88,3 +88,14 @@ def test_workers_up_refuses_a_runs_dir_below_the_threshold(sqlite_url: str, tmp_
         assert (rc, out) == (1, "")
         assert err.startswith("error: only ") and f"free in {runs}: a worker needs 200.0 MB" in err
         assert "RECIP_MIN_FREE_MB" in err and len(err.splitlines()) == 1
+
+
+def test_a_step_id_with_a_newline_never_becomes_a_directory(repo: QueueRepo,
+                                                           tmp_path: Path) -> None:
+    clock = FakeClock()
+    repo.submit(plan(steps=("V0\n",)), clock.now())
+    runner = FakeRunner(clock)
+    [out] = make_loop(repo, tmp_path, clock, runner, max_attempts=1).run().outcomes
+    assert (out.state, out.failure_kind) == ("failed", "spawn")
+    assert "unsafe name 'V0\\n'" in (out.error or "")
+    assert runner.spawns == [] and not (tmp_path / "runs" / "wt" / "V0\n").exists()

@@ -227,3 +227,18 @@ def test_any_value_under_a_spec_key_gives_a_spec_or_one_spec_error(value: object
     for key in ("defaults", "steps", "analysis"):
         _load(f"study: s\nsteps: {{V0: {{}}}}\n{key}: {json.dumps(value)}\n"
               if key != "steps" else f"study: s\nsteps: {json.dumps(value)}\n")
+
+
+@pytest.mark.parametrize("name", ["V0\n", "V0\r\n", "ok\n"])
+def test_path_guards_match_names_in_full(name: str) -> None:
+    """A name that slipped past the spec (an old database, a hand-made plan) never becomes a
+    directory: the artifact-path guards match in full too."""
+    from orchestrator.core import ids
+    from orchestrator.core.spec import DataSection
+
+    with pytest.raises(ValueError, match="unsafe"):
+        ids.attempt_dir("study", name, 1, 1)
+    with pytest.raises(ValueError, match="unsafe"):
+        ids.attempt_dir(name, "V0", 1, 1)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        DataSection(dataset="kjv\n")
