@@ -151,3 +151,21 @@ def test_a_worker_whose_process_is_gone_is_not_shown_running(
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_a_worker_of_one_study_leaves_other_studies_queued(repo: QueueRepo,
+                                                          tmp_path: Path) -> None:
+    """What `recip run FILE` starts: workers with `study` set claim only that study."""
+    from tests.workers.conftest import plan
+    from tests.workers.fakes import FakeRunner
+    from tests.workers.test_loop import make_loop, states
+    from workers.clock import FakeClock
+
+    clock = FakeClock()
+    repo.submit(plan(study="other"), clock.now())
+    repo.submit(plan(study="mine", steps=("V0", "V1")), clock.now())
+    report = make_loop(repo, tmp_path, clock, FakeRunner(clock), until_empty=True,
+                       study="mine").run()
+    assert [(o.study, o.state) for o in report.outcomes] == [("mine", "succeeded")] * 2
+    assert report.reason == "empty"
+    assert states(repo, clock, "other")[("V0", 1)] == ("queued", 1, None)
