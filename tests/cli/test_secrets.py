@@ -22,7 +22,7 @@ def with_secret(url: str, kind: str) -> str:
     """`url` (postgresql+psycopg://postgres@HOST/DB) with the credential `kind`."""
     head, _, rest = url.partition("postgres@")
     creds = {
-        "raw-at": f"postgres:{TOKEN}a@xx@",           # a raw `@` inside the password
+        "raw-at": f"postgres:{TOKEN}a@{TOKEN}x@",     # a raw `@` inside the password
         "colon-slash": f"postgres:{TOKEN}b:/w@",       # `:` and `/`
         "percent": f"postgres:{TOKEN}c%40d@",          # percent-encoded `@`
     }
@@ -66,7 +66,7 @@ def test_a_raw_at_in_the_password_connects(pg_url: str) -> None:
     from orchestrator.queue.db import parse_url
 
     parsed = parse_url(with_secret(pg_url, "raw-at"))
-    assert parsed.password == f"{TOKEN}a@xx" and parsed.host == "127.0.0.1"
+    assert parsed.password == f"{TOKEN}a@{TOKEN}x" and parsed.host == "127.0.0.1"
 
 
 def _commands(db: str, spec: Path, tmp: Path) -> list[list[str]]:
