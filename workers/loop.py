@@ -355,9 +355,7 @@ class WorkerLoop:
                 return self._finish(claimed, None, AttemptState.FAILED, FailureKind.DISK_FULL,
                                     None, "DiskFull", disk.describe(where), None)
             except ArtifactDirTaken as e:
-                return self._finish_unstarted(claimed, "ArtifactDirExists"
-                                              if isinstance(e, ArtifactDirTaken)
-                                              else type(e).__name__, str(e), None)
+                return self._finish_unstarted(claimed, "ArtifactDirExists", str(e), None)
             # rows already in metrics.jsonl (resumed in place) are in the database; measured
             # before the spawn, since a warm attempt writes its first record within a second
             metrics_path = outdir / artifacts.METRICS

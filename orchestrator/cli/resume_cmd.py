@@ -121,9 +121,6 @@ def checkout(root: Path | None, history: StudyHistory, code: str | None,
         raise RecipError(f"--code-root {root}: no such directory; name the checkout the "
                          "workers run (or drop --code-root for this one)")
     state = provenance.code_state(where)
-    if root is not None and state.sha is None:
-        raise RecipError(f"--code-root {root} is not a git checkout: name the checkout the "
-                         "workers run (or drop --code-root for this one)")
     if policy == "pinned":
         return Checkout(where, policy, history.pinned_sha, state.dirty, state.diff_hash)
     changed: tuple[str, ...] = ()
