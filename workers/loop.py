@@ -34,7 +34,7 @@ from workers import provenance as prov
 from workers.clock import Clock, SystemClock
 from workers.metrics_tail import JsonlTail, MetricRow, MetricThinner
 from workers.runner import RUN_ATTEMPT, AttemptProcess, Runner, SubprocessRunner
-from workers.train import artifacts
+from workers.train import artifacts, disk
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class Queue(Protocol):
     """The part of QueueRepo a worker uses (orchestrator/queue/repo.py)."""
 
     def claim(self, worker_id: str, now: datetime, lease: timedelta, *,
-              code_sha: str | None = None) -> ClaimedAttemptLike | None: ...
+              code_sha: str | None = None, study: str | None = None
+              ) -> ClaimedAttemptLike | None: ...
 
     def start(self, attempt_id: int, worker_id: str, now: datetime, lease: timedelta, *,
               artifact_dir: str, code_sha: str | None, code_dirty: bool | None,
@@ -135,12 +136,15 @@ class WorkerSettings:
     until_empty: bool = False
     """Stop once nothing is queued or running (in `study`, or anywhere)."""
     study: str | None = None
+    """Claim only this study's attempts (`recip run`); None: any study."""
     gpu_index: int | None = None
     db_label: str = ""
     """The database URL (redacted); an artifact dir is only resumed by the same database."""
     metric_points: int = 1000
     backoff_s: float = 0.5
     backoff_max_s: float = 15.0
+    min_free_bytes: int = field(default_factory=disk.min_free_bytes)
+    """No claim while runs_dir has less free space ($RECIP_MIN_FREE_MB, default 200 MB)."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,8 @@ class WorkerReport:
     worker_id: str
     outcomes: tuple[AttemptOutcome, ...] = ()
     reason: str = ""
-    """Why the loop ended: stopped, max-attempts, empty."""
+    """Why the loop ended: stopped, max-attempts, empty, low-disk (too little free space to
+    claim; the warning logged says how much)."""
 
     @property
     def succeeded(self) -> int:
@@ -238,6 +243,7 @@ class WorkerLoop:
         self._provenance = provenance
         self._stop = threading.Event()
         self.current_attempt: int | None = None
+        self._low_disk_said: str | None = None
 
     @property
     def lease(self) -> timedelta:
@@ -279,6 +285,9 @@ class WorkerLoop:
                 if claimed is _GAVE_UP:
                     break
                 if claimed is None:
+                    if s.until_empty and self._low_disk_said is not None:
+                        reason = "low-disk"
+                        break
                     if s.until_empty and self._nothing_left():
                         reason = "empty"
                         break
@@ -292,9 +301,25 @@ class WorkerLoop:
             self._best_effort(lambda: self.queue.worker_stopped(s.worker_id, self.clock.now()))
         return WorkerReport(s.worker_id, tuple(outcomes), reason)
 
+    def _low_disk(self) -> str | None:
+        """Why this worker must not claim now (too little free space in runs_dir), or None."""
+        need = self.settings.min_free_bytes
+        free = disk.free_bytes(self.settings.runs_dir)
+        if need <= 0 or free is None or free >= need:
+            self._low_disk_said = None
+            return None
+        why = (f"not claiming: {disk.fmt_bytes(free)} free in {self.settings.runs_dir}, below "
+               f"the {disk.fmt_bytes(need)} a worker needs ({disk.MIN_FREE_ENV}); free space there")
+        if self._low_disk_said is None:
+            logger.warning("%s", why, extra={"action": "claim_refused_low_disk", "free": free})
+        self._low_disk_said = why
+        return why
+
     def _claim(self, code_sha: str | None) -> ClaimedAttemptLike | None:
+        if self._low_disk() is not None:
+            return None
         return self.queue.claim(self.settings.worker_id, self.clock.now(), self.lease,
-                                code_sha=code_sha)
+                                code_sha=code_sha, study=self.settings.study)
 
     def _nothing_left(self) -> bool:
         snap = self._retry("snapshot", lambda: self.queue.snapshot(
@@ -311,6 +336,7 @@ class WorkerLoop:
                 ) -> AttemptOutcome:
         """Run one claimed attempt to its end and record how it ended."""
         code = code or self._code_state()
+        s = self.settings
         self.current_attempt = claimed.attempt_id
         extra = {"action": "attempt_claimed", "attempt": claimed.attempt_id}
         logger.info("claimed %s/%s seed %s attempt %s", claimed.study, claimed.step,
@@ -321,10 +347,15 @@ class WorkerLoop:
                 self._stop_predecessor(Path(claimed.previous_artifact_dir))
             try:
                 outdir, resume_from = self._prepare_dir(claimed, code)
-            except (ArtifactDirTaken, OSError) as e:
-                return self._finish_unstarted(claimed, "ArtifactDirExists"
-                                              if isinstance(e, ArtifactDirTaken)
-                                              else type(e).__name__, str(e), None)
+            except OSError as e:
+                if disk.find_disk_full(e) is None:
+                    return self._finish_unstarted(claimed, type(e).__name__, str(e), None)
+                where = Path(e.filename) if e.filename else s.runs_dir
+                disk.remove_temp_files(where if where.is_dir() else where.parent)
+                return self._finish(claimed, None, AttemptState.FAILED, FailureKind.DISK_FULL,
+                                    None, "DiskFull", disk.describe(where), None)
+            except ArtifactDirTaken as e:
+                return self._finish_unstarted(claimed, "ArtifactDirExists", str(e), None)
             # rows already in metrics.jsonl (resumed in place) are in the database; measured
             # before the spawn, since a warm attempt writes its first record within a second
             metrics_path = outdir / artifacts.METRICS
@@ -343,7 +374,7 @@ class WorkerLoop:
         parts = [claimed.study, claimed.step, f"seed{claimed.seed}",
                  f"attempt{claimed.attempt_no}"]
         for part in parts:
-            if not _SAFE_PART.match(part):
+            if not _SAFE_PART.fullmatch(part):
                 raise ArtifactDirTaken(f"unsafe name {part!r} in the artifact path")
         outdir = self.settings.runs_dir.joinpath(*parts)
         info = {
@@ -487,6 +518,10 @@ class WorkerLoop:
             logger.info("attempt %s stopped (exit %s): back to queued", claimed.attempt_id, rc,
                         extra={"action": "attempt_requeued", "attempt": claimed.attempt_id})
             return self._outcome(claimed, state, None, rc, "stopped by the worker", w.outdir)
+        if rc == artifacts.EXIT_DISK_FULL or disk.free_bytes(w.outdir) == 0:
+            disk.remove_temp_files(w.outdir)
+            return self._finish(claimed, w.outdir, AttemptState.FAILED, FailureKind.DISK_FULL,
+                                rc, "DiskFull", disk.describe(w.outdir), result, w)
         if rc < 0:
             how = f"killed by {_signal_name(rc)}"
             if rc == -9:
@@ -681,6 +716,7 @@ _STATUS_KIND: dict[str, FailureKind] = {
     artifacts.STATUS_FAILED: FailureKind.EXCEPTION,
     artifacts.STATUS_DIVERGED: FailureKind.DIVERGED,
     artifacts.STATUS_OOM: FailureKind.OOM,
+    artifacts.STATUS_DISK_FULL: FailureKind.DISK_FULL,
 }
 
 
@@ -727,7 +763,7 @@ def latest_checkpoint_dir(previous: Path, *, hops: int = 100) -> Path | None:
     seen: set[Path] = set()
     current: Path | None = previous
     while current is not None and current not in seen and len(seen) < hops:
-        if (current / artifacts.CHECKPOINT).exists():
+        if (current / artifacts.CHECKPOINT).exists() or (current / artifacts.PREVIOUS_CHECKPOINT).exists():
             return current
         seen.add(current)
         info = artifacts.read_json(current / ATTEMPT_INFO)

@@ -4,8 +4,9 @@ Reads the resolved run config, prepares (or reuses) the data, builds the model, 
 from OUTDIR/checkpoint.pt when present (else from a previous attempt's checkpoint, which is
 copied, never modified, together with that attempt's metrics.jsonl records up to the
 checkpoint's iteration, so the new attempt's metrics cover the whole run), trains under the
-budget and writes the files of workers/train/artifacts.py. Exit 0 succeeded, 1 failed/diverged/oom (result.json says
-why, with the traceback of an exception), 3 interrupted by SIGTERM/SIGINT after a checkpoint.
+budget and writes the files of workers/train/artifacts.py. Exit 0 succeeded, 1 failed/diverged/oom/disk_full (result.json
+says why, with the traceback of an exception), 3 interrupted by SIGTERM/SIGINT after a checkpoint, 4 disk full with no room
+left for result.json. A full disk (ENOSPC/EDQUOT anywhere, also wrapped by torch) removes the attempt's temp files.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from workers.train import artifacts
+from workers.train import artifacts, disk
 
 EXIT_FOR_STATUS = {
     artifacts.STATUS_SUCCEEDED: artifacts.EXIT_OK,
@@ -158,21 +159,43 @@ def run(config_path: Path, outdir: Path, resume_from: Path | None = None) -> int
         if _caused_by_interrupt(e):
             result.update(status=artifacts.STATUS_INTERRUPTED)
             return _finish(outdir, result)
-        message = str(e).strip()
-        result.update(
-            status=artifacts.STATUS_OOM if _is_oom(e) else artifacts.STATUS_FAILED,
-            error_type=type(e).__name__, error_message=message[:2000] or type(e).__name__,
-            traceback=traceback.format_exc(),
-        )
-        traceback.print_exc()
+        full = disk.find_disk_full(e)
+        if full is not None:
+            disk.remove_temp_files(outdir)
+            result.update(status=artifacts.STATUS_DISK_FULL, error_type="DiskFull",
+                          error_message=disk.describe(full.filename or outdir, outdir),
+                          traceback=traceback.format_exc())
+        else:
+            message = str(e).strip()
+            result.update(
+                status=artifacts.STATUS_OOM if _is_oom(e) else artifacts.STATUS_FAILED,
+                error_type=type(e).__name__, error_message=message[:2000] or type(e).__name__,
+                traceback=traceback.format_exc(),
+            )
+        _quietly(traceback.print_exc)
     return _finish(outdir, result)
+
+
+def _quietly(fn: Any) -> None:
+    """Run a print to stdout.log, which may sit on the disk that just filled up."""
+    try:
+        fn()
+    except OSError:
+        pass
 
 
 def _finish(outdir: Path, result: dict[str, Any]) -> int:
     result["finished_at"] = _now()
-    artifacts.write_json_atomic(outdir / artifacts.RESULT, result)
+    try:
+        artifacts.write_json_atomic(outdir / artifacts.RESULT, result)
+    except OSError as e:
+        if disk.find_disk_full(e) is None:
+            raise
+        disk.remove_temp_files(outdir)  # no room even for result.json: the exit code says it
+        _quietly(lambda: print(disk.describe(outdir / artifacts.RESULT), flush=True))
+        return artifacts.EXIT_DISK_FULL
     code = EXIT_FOR_STATUS.get(result["status"], artifacts.EXIT_FAILED)
-    print(f"attempt {result['status']} (exit {code})", flush=True)
+    _quietly(lambda: print(f"attempt {result['status']} (exit {code})", flush=True))
     return code
 
 
@@ -185,7 +208,7 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
     from models.gpt2 import GPT
     from workers.data.prepare import locate, prepare
     from workers.train.budget import Clock
-    from workers.train.checkpoint import load_checkpoint
+    from workers.train.checkpoint import pick_readable, previous_path, restore_checkpoint
     from workers.train.config import TrainConfig
     from workers.train.data import Batches
     from workers.train.device import setup_device
@@ -222,20 +245,45 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
     batches = Batches(info.path, gcfg.block_size, cfg.train.batch_size, cfg.seed, dev.device)
     clock = Clock(sync=dev.sync)
 
-    # -- resume: this attempt's own checkpoint, else a copy of a previous attempt's
+    # -- resume: this attempt's own checkpoint, else a copy of a previous attempt's. An
+    # unreadable newest checkpoint falls back to the one it replaced, then to a fresh start;
+    # result.json["checkpoint_fallback"] says which (the worker records it as an event)
     ckpt = outdir / artifacts.CHECKPOINT
     previous: Path | None = None
-    if not ckpt.exists() and resume_from is not None:
+    state: dict[str, Any] | None = None
+    skipped: list[dict[str, str]] = []
+    own = [ckpt, previous_path(ckpt)]
+    if any(p.exists() for p in own):
+        chosen, state, skipped = pick_readable(own)
+        for bad in skipped:  # kept for a post-mortem, never picked again
+            os.replace(bad["path"], f"{bad['path']}.unreadable")
+        if chosen is not None and chosen != ckpt:
+            os.replace(chosen, ckpt)
+    elif resume_from is not None:
         src = resume_from / artifacts.CHECKPOINT if resume_from.is_dir() else resume_from
-        if not src.is_file():
+        if not src.is_file() and not previous_path(src).is_file():
             raise FileNotFoundError(f"--resume-from {resume_from}: no checkpoint at {src}")
-        tmp = ckpt.with_name(f".{ckpt.name}.copy.{os.getpid()}")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, ckpt)
-        previous = src.parent
+        chosen, state, skipped = pick_readable([src, previous_path(src)])
+        if chosen is not None:  # copied, never modified
+            tmp = ckpt.with_name(f".{ckpt.name}.copy.{os.getpid()}")
+            try:
+                shutil.copyfile(chosen, tmp)
+                os.replace(tmp, ckpt)
+            finally:
+                tmp.unlink(missing_ok=True)
+            previous = chosen.parent
+    if skipped:
+        used = str(ckpt) if state is not None else None
+        result["checkpoint_fallback"] = {"skipped": skipped, "resumed_from": used,
+                                         "fresh_start": state is None}
+        for bad in skipped:
+            print(f"warning: {bad['error']}", flush=True)
+        print("falling back to " + (f"the previous checkpoint ({used})" if used
+                                    else "a fresh start: no readable checkpoint"), flush=True)
     loop_state = None
-    if ckpt.exists():
-        loop_state = load_checkpoint(ckpt, model=model, optimizer=optimizer, batches=batches, clock=clock)
+    if state is not None:
+        loop_state = restore_checkpoint(state, ckpt, model=model, optimizer=optimizer,
+                                        batches=batches, clock=clock)
         print(f"resumed from {ckpt} at iteration {loop_state['it']}", flush=True)
         if previous is not None:  # the run's metrics up to the checkpoint come along with it
             n = carry_metrics(previous / artifacts.METRICS, outdir / artifacts.METRICS, loop_state["it"])

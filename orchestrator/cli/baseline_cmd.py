@@ -37,7 +37,7 @@ def import_cmd(
     """Store a W&B run (config, summary, every history row) as an imported step of a study."""
     from orchestrator.core.spec import NAME_FIX, NAME_PATTERN
 
-    if not re.match(NAME_PATTERN, step):
+    if not re.fullmatch(NAME_PATTERN, step):
         raise SpecError(f"--step {step!r}: {NAME_FIX}")
     from orchestrator.queue.imports import import_run
     from orchestrator.queue.repo import QueueRepo

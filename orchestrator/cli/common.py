@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from typing import Annotated, Any
 
 import typer
+
+from orchestrator.queue.redact import redact_text
+from orchestrator.queue.redact import redact_url as redact_url  # re-exported for the commands
 
 DEFAULT_DB_URL = "sqlite:///recip.db"
 
@@ -38,12 +40,9 @@ def db_url(given: str | None) -> str:
     return given or os.environ.get("RECIP_DB_URL") or DEFAULT_DB_URL
 
 
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
-
-
 def redact(text: str) -> str:
-    """Hide passwords in any URL inside `text` (user:secret@host -> user:***@host)."""
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    """Hide credentials in any URL inside `text` (orchestrator.queue.redact)."""
+    return redact_text(text)
 
 
 def say(message: str) -> None:

@@ -26,6 +26,7 @@ def upgrade(
     from orchestrator.queue.db import redact_url
 
     url = db_url(db)
+    migrate.refuse_foreign_sqlite(url)  # before anything opens (and WAL-converts) the file
     before = migrate.current(url)
     migrate.upgrade(url, revision)
     after = migrate.current(url)

@@ -84,7 +84,7 @@ def git_log(root: Path, last: str | None, now: str | None) -> list[str]:
     cannot be shown (unknown commit, same commit, commit missing from this checkout)."""
     if not last or not now:
         return ["(no commit recorded)" if not last else "(no commit to run)"]
-    if not (_SHA.match(last) and _SHA.match(now)):
+    if not (_SHA.fullmatch(last) and _SHA.fullmatch(now)):
         return ["(not a commit id)"]
     if now.startswith(last) or last.startswith(now):
         return ["(same commit)"]
@@ -117,6 +117,9 @@ def checkout(root: Path | None, history: StudyHistory, code: str | None,
             "that commit run its attempts; drop --code head, or change `pinned_sha:` in the "
             "spec and submit it again")
     where = (root or provenance.CODE_ROOT).resolve()
+    if root is not None and not where.is_dir():
+        raise RecipError(f"--code-root {root}: no such directory; name the checkout the "
+                         "workers run (or drop --code-root for this one)")
     state = provenance.code_state(where)
     if policy == "pinned":
         return Checkout(where, policy, history.pinned_sha, state.dirty, state.diff_hash)
@@ -152,7 +155,7 @@ def _describe(a: AttemptRecord | None) -> str:
 
 def _requeue(study: str, *, steps: str | None, states: list[str] | None, force: bool,
              code: str | None, allow_dirty: bool, code_root: Path | None,
-             db: str | None, verb: str) -> None:
+             db: str | None, verb: str, fresh: bool = False) -> None:
     from orchestrator.queue.repo import QueueRepo
 
     step_list = split_csv(steps)
@@ -166,7 +169,8 @@ def _requeue(study: str, *, steps: str | None, states: list[str] | None, force: 
             say(_nothing_message(history, verb, states))
             return
         created = repo.new_attempts(study, datetime.now(UTC), steps=step_list, states=states,
-                                    force=force, payload={**co.payload(), "by_command": verb})
+                                    force=force, payload={**co.payload(), "by_command": verb,
+                                                          **({"fresh": True} if fresh else {})})
         runs = {(r.step, r.seed): r for r in history.runs if r.current}
     if co.dirty and co.policy == "head":
         say(f"warning: {co.root} has uncommitted changes; recorded as diff {co.diff_hash}")
@@ -181,7 +185,8 @@ def _requeue(study: str, *, steps: str | None, states: list[str] | None, force: 
         before = _describe(run.latest if run else None)
         typer.echo(f"{step} seed {seed}: {before} -> attempt {attempt_no} queued   "
                    f"commit {_short(last)} -> {_short(co.sha)}"
-                   + (" (dirty)" if co.dirty and co.policy == "head" else ""))
+                   + (" (dirty)" if co.dirty and co.policy == "head" else "")
+                   + ("   from scratch (--fresh)" if fresh else ""))
         for line in git_log(co.root, last, co.sha):
             typer.echo(f"    {line}")
     where = (f"workers at the pinned commit {_short(co.sha)}" if co.policy == "pinned"
@@ -216,14 +221,29 @@ def resume(
     code: CodeOption = None,
     allow_dirty: AllowDirtyOption = False,
     code_root: CodeRootOption = None,
+    fresh: Annotated[str | None, typer.Option(
+        "--fresh", metavar="STEPS",
+        help="Start the runs of these steps (comma-separated) from scratch: their new "
+             "attempts ignore earlier checkpoints (e.g. one that no longer fits the model).",
+        show_default=False)] = None,
     db: DbOption = None,
 ) -> None:
     """Queue a new attempt for every run that has not succeeded (none live), e.g. after a
     fix and `git pull`; without state flags, whatever way its last attempt ended."""
     picked = [s for s, on in (("failed", failed), ("lost", lost), ("timed_out", timed_out),
                               ("cancelled", cancelled)) if on]
+    if fresh is not None:
+        fresh_steps = split_csv(fresh)
+        if not fresh_steps:
+            raise typer.BadParameter("name at least one step, e.g. --fresh V1",
+                                     param_hint="--fresh")
+        if steps is not None and set(split_csv(steps) or []) != set(fresh_steps):
+            raise typer.BadParameter("--fresh STEPS already selects the steps; drop --steps",
+                                     param_hint="--fresh")
+        steps = ",".join(fresh_steps)
     _requeue(study, steps=steps, states=picked or None, force=False, code=code,
-             allow_dirty=allow_dirty, code_root=code_root, db=db, verb="resume")
+             allow_dirty=allow_dirty, code_root=code_root, db=db, verb="resume",
+             fresh=fresh is not None)
 
 
 def rerun(
@@ -269,7 +289,7 @@ def attempt_json(run: RunHistory, a: AttemptRecord, history: StudyHistory) -> di
         "host": a.host, "worker": a.worker_id, "pid": a.pid, "artifact_dir": a.artifact_dir,
         "created_at": _iso(a.created_at), "claimed_at": _iso(a.claimed_at),
         "started_at": _iso(a.started_at), "finished_at": _iso(a.finished_at),
-        "result": summary,
+        "result": summary, "checkpoint_fallback": a.result.get("checkpoint_fallback"),
     }
 
 
@@ -326,10 +346,20 @@ def _show_lines(history: StudyHistory, runs: list[RunHistory]) -> list[str]:
                 lines.append(f"    error {': '.join(p for p in (a.error_type, first) if p)}")
             if d["advice"]:
                 lines.append(f"    advice: {d['advice']}")
+            if isinstance(a.result.get("checkpoint_fallback"), dict):
+                lines.append("    " + checkpoint_note(a.result["checkpoint_fallback"]))
             if d["result"]:
                 lines.append("    result " + "  ".join(
                     f"{k} {_fmt_value(v)}" for k, v in d["result"].items() if k != "status"))
     return lines
+
+
+def checkpoint_note(fallback: dict[str, Any]) -> str:
+    """One line for an attempt that passed over unreadable checkpoints."""
+    bad = ", ".join(str(b.get("path")) for b in fallback.get("skipped", []) if isinstance(b, dict))
+    used = fallback.get("resumed_from")
+    then = f"resumed from the previous checkpoint {used}" if used else "started from scratch"
+    return f"checkpoint: unreadable {bad or '?'}: {then}"
 
 
 def show(

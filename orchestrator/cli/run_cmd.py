@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orchestrator.cli.common import DbOption, SetOption, db_url, redact, say, split_csv
+from orchestrator.cli.common import DbOption, SetOption, db_url, redact_url, say, split_csv
 from orchestrator.cli.queue_cmd import StepsOption
 from orchestrator.cli.workers_cmd import (
     DEFAULT_RUNS_DIR,
@@ -46,7 +46,7 @@ def ensure_database(url: str) -> None:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
         migrate.upgrade(url)
-        say(f"created {redact(url)}")
+        say(f"created {redact_url(url)}")
 
 
 def run(
@@ -81,6 +81,9 @@ def run(
         "decided or the cap is reached (each addition is a recorded look).")] = False,
     max_seeds: Annotated[int, typer.Option(
         "--max-seeds", help="Seeds per step --until-decided may grow to.", min=2)] = 8,
+    other_studies: Annotated[bool, typer.Option(
+        "--other-studies", help="Let the workers also run other studies' queued attempts "
+        "(default: only this study's).")] = False,
     interval: Annotated[float, typer.Option(hidden=True)] = 2.0,
 ) -> None:
     """Submit a study, run it on local workers with a live dashboard, then report it."""
@@ -117,7 +120,8 @@ def run(
         for line in describe_submit(result, len(plan.runs)):
             say(line)
         config = pool_config(db=url, runs_dir=runs_dir, gpus=gpus, cpu_workers=cpu_workers,
-                             address=address, until_empty=True, study=plan.name, lease=lease,
+                             address=address, until_empty=True,
+                             study=None if other_studies else plan.name, lease=lease,
                              grace=grace)
         with pidfile(config.runs_dir, url, f"run {plan.name}"):
             pool = WorkerPool(config)

@@ -48,6 +48,15 @@ def take_snapshot(repo: QueueRepo, study: str | None, *, reap: bool = True) -> S
         lost = repo.reap_expired(now)
         if lost:
             say(f"reaped {len(lost)} expired lease{'s' if len(lost) != 1 else ''}")
+        snap = repo.snapshot(now, study)
+        from orchestrator.cli.liveness import mark_dead_workers
+
+        dead = mark_dead_workers(repo, snap, now)
+        if dead:  # their process is gone: shown stopped, not running
+            say(f"worker{'s' if len(dead) != 1 else ''} {', '.join(dead)} gone (process "
+                "not running): marked stopped")
+            snap = repo.snapshot(now, study)
+        return with_analysis_flags(repo, snap)
     return with_analysis_flags(repo, repo.snapshot(now, study))
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orchestrator.cli.common import DbOption, JsonOption, db_url, emit_json, redact, say
+from orchestrator.cli.common import DbOption, JsonOption, db_url, emit_json, redact_url, say
 from orchestrator.core.errors import WorkerError
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def pidfile(runs_dir: Path, db: str, what: str) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{os.getpid()}.json"
     path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                "db": redact(db), "what": what,
+                                "db": redact_url(db), "what": what,
                                 "started_at": datetime.now(UTC).isoformat()}))
     try:
         yield path
@@ -209,15 +209,24 @@ def pool_config(*, db: str, runs_dir: Path, gpus: str | None, cpu_workers: int |
                 address: str | None, until_empty: bool, study: str | None, lease: float,
                 grace: float) -> PoolConfig:
     from workers.pool import PoolConfig
+    from workers.train import disk
 
+    need, free = disk.min_free_bytes(), disk.free_bytes(runs_dir)
+    if need and free is not None and free < need:  # the workers would refuse every claim
+        raise WorkerError(
+            f"only {disk.fmt_bytes(free)} free in {runs_dir.resolve()}: a worker needs "
+            f"{disk.fmt_bytes(need)} to claim an attempt (${disk.MIN_FREE_ENV}); free space "
+            "there or pass another --runs-dir")
     env = {}
+    if os.environ.get(disk.MIN_FREE_ENV):
+        env[disk.MIN_FREE_ENV] = os.environ[disk.MIN_FREE_ENV]
     if os.environ.get("RECIP_DATA_DIR"):
         env["RECIP_DATA_DIR"] = str(Path(os.environ["RECIP_DATA_DIR"]).resolve())
     else:
         env["RECIP_DATA_DIR"] = str(Path("data").resolve())
     return PoolConfig(db_url=db, runs_dir=runs_dir.resolve(), gpus=gpus, cpu_workers=cpu_workers,
                       address=address, until_empty=until_empty, study=study, lease_s=lease,
-                      grace_s=grace, env=env, db_label=redact(db))
+                      grace_s=grace, env=env, db_label=redact_url(db))
 
 
 @app.command("up")
@@ -248,7 +257,7 @@ def up(
             where = f"Ray at {address}" if address else "local Ray"
             noun = "worker" if len(slots) == 1 else "workers"
             title = (f"{len(slots)} {noun} ({', '.join(s.name for s in slots)}) on {where}; "
-                     f"{redact(url)}; runs in {config.runs_dir}")
+                     f"{redact_url(url)}; runs in {config.runs_dir}")
             say(title)
             result = drive(pool, repo, interval=interval,
                            render=lambda snap, p: render_pool(snap, title=title))

@@ -41,7 +41,7 @@ def short(digest: str, n: int = SHORT) -> str:
 
 
 def _safe(kind: str, name: str) -> str:
-    if not _SAFE.match(name):
+    if not _SAFE.fullmatch(name):
         raise ValueError(f"unsafe {kind} name {name!r} for a path")
     return name
 

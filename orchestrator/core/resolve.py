@@ -10,6 +10,7 @@ inherits it; the root default is causal / gelu. Model sizes left unset come from
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,8 +60,9 @@ class Overrides:
 
 def parse_set(assignment: str) -> tuple[str, Any]:
     """'train.eval_batches=4' -> ('train.eval_batches', 4); the value is read as YAML
-    (numbers, booleans, null, lists, mappings). SpecError naming --set otherwise."""
-    import yaml
+    (numbers, booleans, null, lists, mappings) by the spec loader's rules (YAML 1.2 floats,
+    finite numbers only). SpecError naming --set otherwise."""
+    from orchestrator.core.loader import parse_yaml
 
     path, sep, raw = assignment.partition("=")
     path = path.strip()
@@ -69,10 +71,9 @@ def parse_set(assignment: str) -> tuple[str, Any]:
         raise SpecError(f"expected SECTION.KEY=VALUE with SECTION one of {', '.join(_SECTIONS)} "
                         f"(e.g. --set train.eval_batches=4), got {assignment!r}", path="--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise SpecError(f"{path}: value {raw!r} is not a YAML scalar, list or mapping",
-                        path="--set") from None
+        value = parse_yaml(raw, file=path) if raw.strip() else None
+    except SpecError as e:
+        raise SpecError(e.message, path="--set") from None
     return path, value
 
 
@@ -158,6 +159,8 @@ def _check_overrides(ov: Overrides, presets: Mapping[str, Mapping[str, object]])
 
     if ov.preset is not None and ov.preset not in presets:
         raise bad("--preset", f"unknown preset {ov.preset!r} (known: {', '.join(presets)})")
+    if ov.time is not None and not math.isfinite(ov.time):
+        raise bad("--time", f"must be a finite number of seconds, got {ov.time}")
     if ov.time is not None and not ov.time > 0:
         raise bad("--time", f"must be > 0 seconds, got {ov.time}")
     if ov.max_iters is not None and ov.max_iters <= 0:
@@ -198,9 +201,10 @@ def _apply_sets(section: str, acc: dict[str, Any], sets: Sequence[tuple[str, Any
     try:
         validated = model.model_validate(acc)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in (section, *err["loc"]))
-        raise SpecError(f"{where}: {err['msg']}", path="--set") from None
+        from orchestrator.core.loader import describe_validation, format_path
+
+        loc, message = describe_validation(e, model)
+        raise SpecError(f"{format_path((section, *loc))}: {message}", path="--set") from None
     out: dict[str, Any] = validated.model_dump(mode="json")
     return out
 

@@ -21,9 +21,6 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
     StringConstraints,
     field_validator,
     model_validator,
@@ -34,7 +31,19 @@ _NAME = re.compile(NAME_PATTERN)
 NAME_FIX = "use letters, digits, '_', '.', '-', starting with a letter or digit"
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=100)]
-Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
+# Strict numbers: a boolean (YAML 1.1 reads yes/no/on/off as one) or a quoted string is never
+# a number; an integer is a valid float; floats are finite. `3e-4` unquoted is a float
+# (the loader's YAML 1.2 rule).
+Int = Annotated[int, Field(strict=True)]
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(strict=True, ge=0.0, lt=1.0, allow_inf_nan=False)]
+Bool = Annotated[bool, Field(strict=True)]
+Seed = Annotated[int, Field(strict=True, ge=0, lt=2**32)]
 
 
 class SpecProblem(ValueError):
@@ -58,8 +67,8 @@ class ModelSection(_Strict):
     n_head: PositiveInt | None = None
     n_embd: PositiveInt | None = None
     block_size: PositiveInt | None = None
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
-    bias: bool = True
+    dropout: Fraction | None = None
+    bias: Bool = True
     mlp_expansion: PositiveFloat = 4.0
 
 
@@ -73,7 +82,7 @@ class DataSection(_Strict):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        if not _DATASET.match(v):
+        if not _DATASET.fullmatch(v):
             raise ValueError(f"unknown dataset {v!r} (use kjv, text:PATH or hf:NAME)")
         return v
 
@@ -93,7 +102,7 @@ class Budget(_Strict):
 
 
 class CouplingWarmup(_Strict):
-    fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    fraction: Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0
     steps: NonNegativeInt | None = None
 
 
@@ -102,12 +111,12 @@ class TrainSection(_Strict):
     batch_size: PositiveInt = 8
     grad_accum: PositiveInt = 1
     lr: PositiveFloat = 6e-4
-    min_lr: NonNegativeFloat = 6e-5
+    min_lr: NonNegFloat = 6e-5
     warmup: NonNegativeInt = 20
     schedule_horizon: Literal["budget", "max_iters"] = "budget"
     max_iters: PositiveInt = 10000
-    weight_decay: NonNegativeFloat = 0.1
-    grad_clip: NonNegativeFloat = 1.0
+    weight_decay: NonNegFloat = 0.1
+    grad_clip: NonNegFloat = 1.0
     eval_every: PositiveInt = 50
     eval_batches: PositiveInt = 20
     log_every: PositiveInt = 10
@@ -116,7 +125,7 @@ class TrainSection(_Strict):
     coupling_warmup: CouplingWarmup = CouplingWarmup()
     device: Annotated[str, StringConstraints(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    compile: bool = False
+    compile: Bool = False
 
 
 class Spam(_Strict):
@@ -124,14 +133,14 @@ class Spam(_Strict):
     spike_z: PositiveFloat = 2.0
     reset_interval: NonNegativeInt = 1000
     rewarm_steps: NonNegativeInt = 1000
-    legacy_double_count: bool = False
+    legacy_double_count: Bool = False
 
 
 class OptimizerSection(_Strict):
     name: Literal["adamw", "adamwspam"] = "adamwspam"
-    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
-    amsgrad: bool = True
+    amsgrad: Bool = True
     spam: Spam = Spam()
 
 
@@ -159,8 +168,8 @@ class Defaults(_Strict):
     optimizer: OptimizerSection = OptimizerSection()
     seeds: list[Seed] = [1]
     wandb: WandbSection = WandbSection()
-    priority: int = 0
-    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    priority: Int = 0
+    max_attempts: Annotated[int, Field(strict=True, ge=1, le=100)] = 3
 
     @field_validator("seeds")
     @classmethod
@@ -197,7 +206,7 @@ class Step(_Strict):
     train: TrainSection | None = None
     optimizer: OptimizerSection | None = None
     seeds: list[Seed] | None = None
-    expect: dict[str, tuple[float, float]] = {}
+    expect: dict[str, tuple[Float, Float]] = {}
 
     @field_validator("seeds")
     @classmethod
@@ -331,7 +340,7 @@ class Spec(_Strict):
         out: dict[str, Any] = {}
         for key, body in v.items():
             sid = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
-            if not isinstance(sid, str) or not _NAME.match(sid):
+            if not isinstance(sid, str) or not _NAME.fullmatch(sid):
                 raise SpecProblem((str(key),), f"invalid step id {key!r}: {NAME_FIX}")
             out[sid] = {} if body is None else body
         return out

@@ -70,6 +70,7 @@ class FailureKind(enum.StrEnum):
     DIVERGED = "diverged"        # NaN/inf loss
     CRASHED = "crashed"          # the process died without a result (signal, segfault)
     SPAWN = "spawn"              # the process could not be started
+    DISK_FULL = "disk_full"      # ENOSPC/EDQUOT in the attempt dir; never retried automatically
 
     @property
     def advice(self) -> str:
@@ -82,4 +83,6 @@ _ADVICE: dict[FailureKind, str] = {
     FailureKind.DIVERGED: "lower train.lr or raise train.warmup; check gate/alpha statistics in `recip show`",
     FailureKind.CRASHED: "see `recip logs STUDY STEP`; the process died without writing result.json",
     FailureKind.SPAWN: "check the worker's Python environment (`recip doctor`)",
+    FailureKind.DISK_FULL: "free space on the worker's disk (the message names the path), or "
+                           "give the worker another --runs-dir, then `recip resume STUDY`",
 }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,13 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, Engine
 
 from orchestrator.core.errors import DatabaseUnavailable, SchemaOutOfDate
+from orchestrator.queue.redact import redact_text
+from orchestrator.queue.redact import redact_url as redact_url  # re-exported
 from orchestrator.queue.types import finite_json
 
 VERSION_TABLE = "recip_alembic_version"
 READ_ONLY = "recip_read_only"
 _URL_HELP = "expected sqlite:///PATH.db or postgresql+psycopg://USER@HOST:PORT/DB"
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<tail>@)")
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password, if any, replaced by `***`."""
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", url)
-
-
 def parse_url(url: str) -> URL:
     """The SQLAlchemy URL for `url`; bare `postgresql://` means psycopg 3."""
     try:
@@ -41,6 +34,11 @@ def parse_url(url: str) -> URL:
         raise DatabaseUnavailable(f"invalid database URL {redact_url(url)!r}: {_URL_HELP}") from e
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.host and "@" in parsed.host:
+        # a raw `@` in the password (`u:p@ss@host`): SQLAlchemy cuts at the first `@`,
+        # a user means the last one
+        extra, _, host = parsed.host.rpartition("@")
+        parsed = parsed.set(password=f"{parsed.password or ''}@{extra}", host=host)
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise DatabaseUnavailable(
             f"unsupported database {parsed.get_backend_name()!r} in {redact_url(url)!r}: {_URL_HELP}"
@@ -59,6 +57,21 @@ def sqlite_path(parsed: URL) -> Path:
     return Path(database)
 
 
+SQLITE_OPTIONS = {"mode": ("ro", "rw", "rwc")}
+
+
+def sqlite_read_only(parsed: URL, url: str) -> bool:
+    """Whether a SQLite URL asks for a read-only database (`?mode=ro`); DatabaseUnavailable
+    for a query option recip would silently ignore."""
+    for key, value in parsed.query.items():
+        allowed = SQLITE_OPTIONS.get(key)
+        if allowed is None or value not in allowed:
+            raise DatabaseUnavailable(
+                f"unsupported SQLite URL option {key}={value!r} in {redact_url(url)}: recip "
+                "knows ?mode=ro (read-only) and ?mode=rw; drop the option")
+    return parsed.query.get("mode") == "ro"
+
+
 def _json_serializer(value: Any) -> str:
     return json.dumps(finite_json(value), allow_nan=False, default=str)
 
@@ -71,15 +84,22 @@ def make_engine(url: str, *, check_schema: bool = True) -> Engine:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_path(parsed)
-        check_sqlite_file(path, url, must_exist=check_schema)
+        read_only = sqlite_read_only(parsed, url)
+        if read_only:  # SQLite itself refuses every write: opened as a URI with mode=ro
+            check_sqlite_readable(path, url)
+            target = sa.engine.URL.create("sqlite", database=f"file:{path.resolve()}",
+                                          query={"mode": "ro", "uri": "true"})
+        else:
+            check_sqlite_file(path, url, must_exist=check_schema)
+            target = parsed.set(query={})
         engine = sa.create_engine(
-            parsed,
+            target,
             connect_args={"timeout": 30, "check_same_thread": False},
             json_serializer=_json_serializer,
             pool_size=8,
             max_overflow=32,
         )
-        _install_sqlite_hooks(engine)
+        _install_sqlite_hooks(engine, read_only=read_only)
     else:
         engine = sa.create_engine(
             parsed,
@@ -129,12 +149,28 @@ def check_sqlite_file(path: Path, url: str, *, must_exist: bool) -> None:
         )
 
 
-def _install_sqlite_hooks(engine: Engine) -> None:
+def check_sqlite_readable(path: Path, url: str) -> None:
+    """DatabaseUnavailable unless `path` is an existing, readable SQLite file (?mode=ro)."""
+    if not path.is_file():
+        raise DatabaseUnavailable(
+            f"no database at {path} to open read-only (?mode=ro): check the path, or drop "
+            "?mode=ro and run `recip db upgrade` to create it")
+    if not os.access(path, os.R_OK):
+        raise DatabaseUnavailable(f"cannot read SQLite database {path}: fix its permissions")
+
+
+def is_read_only(engine: Engine) -> bool:
+    """Whether `engine` was opened from a read-only SQLite URL (`?mode=ro`)."""
+    return engine.dialect.name == "sqlite" and engine.url.query.get("mode") == "ro"
+
+
+def _install_sqlite_hooks(engine: Engine, *, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        if not read_only:  # changing the journal mode is a write
+            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
@@ -142,7 +178,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(READ_ONLY):
+        if read_only or conn.get_execution_options().get(READ_ONLY):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -152,7 +188,7 @@ def describe_error(e: BaseException) -> str:
     """The first line of a driver error, without SQL or parameters."""
     orig = getattr(e, "orig", None) or e
     text = str(orig).strip().splitlines()
-    return redact_url(text[0] if text else type(orig).__name__)
+    return redact_text(text[0] if text else type(orig).__name__)
 
 
 def database_revision(conn: Connection) -> str | None:

@@ -9,6 +9,7 @@ inside that one transaction.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Connection
 from orchestrator.core.errors import DatabaseUnavailable, QueueError
 from orchestrator.queue.db import (
     READ_ONLY,
+    VERSION_TABLE,
     check_sqlite_file,
     database_revision,
     describe_error,
@@ -87,6 +89,38 @@ def current(url: str) -> str | None:
         engine.dispose()
 
 
+RECIP_TABLES = frozenset({VERSION_TABLE, "studies", "runs", "attempts", "events", "metrics",
+                          "workers"})
+
+
+def refuse_foreign_sqlite(url: str) -> None:
+    """QueueError when an existing SQLite file without a recip schema already holds other
+    tables: `recip db upgrade` must not add recip's tables to another application's
+    database. Read through a read-only connection, so the file is not touched at all (recip's
+    engine would switch it to WAL): call it before anything opens the file with make_engine."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    path = sqlite_path(parsed)
+    if not path.is_file():
+        return
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            names = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return  # not readable as SQLite: make_engine reports it
+    foreign = sorted(n for n in names - RECIP_TABLES if not n.startswith("sqlite_"))
+    if foreign and VERSION_TABLE not in names:
+        shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else "")
+        raise QueueError(
+            f"{redact_url(url)} holds another application's tables ({shown}) and no recip "
+            "schema: recip keeps its queue in a file of its own; pass another --db")
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at `url` up to `revision`, under the migration lock."""
     _run(url, lambda cfg: command.upgrade(cfg, revision))
@@ -100,6 +134,7 @@ def downgrade(url: str, revision: str) -> None:
 def _run(url: str, action: Callable[[Config], None]) -> None:
     from alembic.util import CommandError
 
+    refuse_foreign_sqlite(url)
     engine = make_engine(url, check_schema=False)
     try:
         with engine.begin() as conn:

@@ -34,7 +34,7 @@ from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
 from orchestrator.core.states import TERMINAL, AttemptState, FailureKind, can_transition
 from orchestrator.core.views import Snapshot
 from orchestrator.queue import history, looks, reads
-from orchestrator.queue.db import READ_ONLY, describe_error, make_engine, redact_url
+from orchestrator.queue.db import READ_ONLY, describe_error, is_read_only, make_engine, redact_url
 from orchestrator.queue.history import StudyHistory
 from orchestrator.queue.looks import SeedsAdded
 from orchestrator.queue.schema import (
@@ -68,6 +68,10 @@ RESULT_TO_COLUMN = {
 _MESSAGE_MAX = 8000
 
 
+FRESH_START = "fresh_start"
+"""Event kind of an attempt queued by `recip resume --fresh`: it carries no checkpoint."""
+
+
 def _lit(*states: str) -> sa.ColumnElement[bool]:
     """`attempts.state` tested against literals, so partial indexes stay usable."""
     if len(states) == 1:
@@ -98,6 +102,8 @@ class QueueRepo:
         self.engine = engine
         self.label = label or redact_url(engine.url.render_as_string(hide_password=True))
         self.dialect = engine.dialect.name
+        self.read_only = is_read_only(engine)
+        """Opened from a read-only SQLite URL: reads work, writes fail with one line."""
 
     @classmethod
     def open(cls, url: str, *, check_schema: bool = True) -> QueueRepo:
@@ -138,6 +144,9 @@ class QueueRepo:
             return SchemaOutOfDate(
                 f"database {self.label} lacks the recip schema ({text}): run `recip db upgrade`"
             )
+        if self.read_only and "readonly database" in low:
+            return QueueError(f"database {self.label} is open read-only (?mode=ro) and this "
+                              "command writes: drop ?mode=ro to change it")
         if isinstance(e, exc.IntegrityError):
             return QueueError(f"database {self.label} refused the change: {text}")
         if isinstance(e, exc.OperationalError | exc.InterfaceError) or e.connection_invalidated:
@@ -277,16 +286,19 @@ class QueueRepo:
     # -- claim and leases ---------------------------------------------------------------
 
     def claim(self, worker_id: str, now: datetime, lease: timedelta, *,
-              code_sha: str | None = None) -> ClaimedAttempt | None:
+              code_sha: str | None = None, study: str | None = None) -> ClaimedAttempt | None:
         """Lease the next queued attempt (priority desc, id) to `worker_id`, or None.
 
         Reaps expired leases first. The claim is one atomic UPDATE over a `FOR UPDATE SKIP
         LOCKED` subquery on PostgreSQL, under `BEGIN IMMEDIATE` on SQLite. Studies pinned to
-        a commit are only claimed by a worker whose `code_sha` matches."""
+        a commit are only claimed by a worker whose `code_sha` matches; with `study`, only
+        that study's attempts are claimed."""
         now = _aware(now)
         eligible = StudyRow.code_policy != "pinned"
         if code_sha is not None:  # pinned_sha may be abbreviated (hex only: no LIKE wildcards)
             eligible = sa.or_(eligible, sa.literal(code_sha).startswith(StudyRow.pinned_sha))
+        if study is not None:  # `recip run`: only the study it submitted
+            eligible = sa.and_(eligible, StudyRow.name == study)
         pick = (
             sa.select(AttemptRow.id)
             .join(RunRow, RunRow.id == AttemptRow.run_id)
@@ -317,10 +329,12 @@ class QueueRepo:
                 .order_by(AttemptRow.attempt_no.desc()).limit(1)
                 .scalar_subquery()
             )
+            fresh = sa.exists().where(EventRow.attempt_id == attempt_id,
+                                      EventRow.kind == FRESH_START)
             info = conn.execute(
                 sa.select(StudyRow.name, RunRow.step_key, RunRow.seed, RunRow.config_json,
                           RunRow.config_hash, RunRow.budget_seconds, RunRow.max_attempts,
-                          previous.label("previous"))
+                          previous.label("previous"), fresh.label("fresh"))
                 .join(StudyRow, StudyRow.id == RunRow.study_id)
                 .where(RunRow.id == run_id)
             ).one()
@@ -332,14 +346,18 @@ class QueueRepo:
             attempt_id=attempt_id, attempt_no=attempt_no, run_id=run_id, study=info.name,
             step=info.step_key, seed=info.seed, config=info.config_json,
             config_hash=info.config_hash, budget_seconds=info.budget_seconds,
-            max_attempts=info.max_attempts, previous_artifact_dir=info.previous,
+            max_attempts=info.max_attempts,
+            previous_artifact_dir=None if info.fresh else info.previous,
             lease_expires_at=expires,
         )
 
     def reap_expired(self, now: datetime) -> list[int]:
         """Mark leased attempts whose lease expired `lost`, queue their runs' next attempts
-        (within max_attempts); return the reaped attempt ids."""
+        (within max_attempts); return the reaped attempt ids. A read-only database is
+        looked at, not changed: nothing is reaped."""
         now = _aware(now)
+        if self.read_only:
+            return []
         with self._tx() as conn:
             return self._reap(conn, now)
 
@@ -380,6 +398,8 @@ class QueueRepo:
         ).scalar_one()
         self._event(conn, [attempt_id], now, "queued",
                     {**(payload or {}), "reason": reason, "after": after})
+        if payload and payload.get("fresh"):  # `recip resume --fresh`: no checkpoint carried
+            self._event(conn, [attempt_id], now, FRESH_START, None)
         return attempt_no
 
     def _fenced(self, conn: Connection, attempt_id: int, worker_id: str,
@@ -497,6 +517,9 @@ class QueueRepo:
                 "state": state.value, "failure_kind": values["failure_kind"],
                 "exit_code": exit_code, "error_type": error_type,
             })
+            fallback = result.get("checkpoint_fallback") if result else None
+            if isinstance(fallback, dict):  # an unreadable checkpoint was passed over
+                self._event(conn, [attempt_id], now, "checkpoint_fallback", fallback)
             if state is AttemptState.LOST or failure_kind == FailureKind.CRASHED:
                 self._queue_next(conn, run_id, now, reason=values["failure_kind"] or state.value,
                                  after=attempt_id)

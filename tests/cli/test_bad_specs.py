@@ -20,8 +20,7 @@ EXPECTED = {
     "unknown_top_level_key.yaml": "stepz: unknown key 'stepz'; did you mean 'steps'? (known: "
                                   "study, description, code, pinned_sha, defaults, steps, "
                                   "analysis) (+1 more problem)",
-    "wrong_type.yaml": "defaults.train.lr: input should be a valid number, unable to parse "
-                       "string as a number, got 'fast'",
+    "wrong_type.yaml": "defaults.train.lr: expected a number, got the string 'fast'",
     "unknown_parent.yaml": "steps.V3.parent: unknown parent 'V9' (steps: V0, V1, V2)",
     "cycle.yaml": "steps.V1.parent: parent cycle V1 -> V2 -> V1: one step of the cycle needs "
                   "no parent",

@@ -10,6 +10,7 @@ No torch import: the WorkerLoop reads these too.
                      "loss", "val_loss", "best_val_loss", "lr", "pid", "updated_at"}
     result.json     written atomically once, at the end: see RESULT_KEYS
     checkpoint.pt   atomic; model, optimizer, RNG, data position, clock, loop state
+    checkpoint.prev.pt  the checkpoint the newest one replaced (fallback when it is unreadable)
     stdout.log      the process's stdout+stderr (written by the worker)
 
 Metric names: "loss" (train loss per log interval), "lr", "tokens_per_s", "grad_norm",
@@ -23,7 +24,8 @@ OMP_NUM_THREADS=k) makes the attempt use k torch threads; result.json["precision
 records what it used.
 
 Exit codes: 0 succeeded; 1 failed (result.json says why); 3 interrupted by SIGTERM/SIGINT
-after writing a checkpoint (the worker re-queues the same attempt).
+after writing a checkpoint (the worker re-queues the same attempt); 4 disk full with no room
+for result.json.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ METRICS = "metrics.jsonl"
 PROGRESS = "progress.json"
 RESULT = "result.json"
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the good checkpoint the newest one replaced
 LOG = "stdout.log"
 
 THREADS_ENV = "RECIP_THREADS"
@@ -45,6 +48,7 @@ THREADS_ENV = "RECIP_THREADS"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 3
+EXIT_DISK_FULL = 4  # the disk filled up and even result.json could not be written
 
 # status values in result.json
 STATUS_SUCCEEDED = "succeeded"
@@ -52,6 +56,7 @@ STATUS_FAILED = "failed"          # an exception; error_type/error_message say w
 STATUS_DIVERGED = "diverged"      # NaN/inf loss at `iters`
 STATUS_OOM = "oom"                # out of memory
 STATUS_INTERRUPTED = "interrupted"
+STATUS_DISK_FULL = "disk_full"    # ENOSPC/EDQUOT; error_message names the path and free space
 
 RESULT_KEYS = (
     "status", "error_type", "error_message", "final_val_loss", "best_val_loss",
@@ -64,17 +69,25 @@ RESULT_KEYS = (
     # added by the performance work (additive): 6N + 12LHQT training FLOPs per token, the
     # device's dense bf16 peak and MFU (both None off CUDA/bf16 or on an unknown device)
     "flops_per_token", "peak_flops", "mfu",
+    # added by the checkpoint fallback (additive): {"skipped": [{path, error}], "resumed_from":
+    # path or None, "fresh_start": bool} when an unreadable checkpoint was passed over
+    "checkpoint_fallback",
 )
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to `path` via a temp file in the same directory and os.replace."""
+    """Write JSON to `path` via a temp file in the same directory and os.replace (the temp
+    file is removed when the write fails)."""
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk leaves no half-written temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> Any | None:

@@ -74,7 +74,7 @@ def test_unknown_key_suggests_and_lists() -> None:
 
 def test_several_problems_are_counted_on_one_line() -> None:
     msg = err("study: s\nsteps: {V0: {seeds: [a, b], colour: 1}}\n")
-    assert msg.startswith("f.yaml: steps.V0.seeds[0]: input should be a valid integer")
+    assert msg.startswith("f.yaml: steps.V0.seeds[0]: expected an integer, got the string 'a'")
     assert msg.endswith("(+2 more problems)")
 
 

@@ -157,8 +157,8 @@ def test_runplan_metadata() -> None:
 def test_hash_is_stable_across_spellings_and_order() -> None:
     a = plan_of(BASE)
     spelled = copy.deepcopy(BASE)
-    spelled["defaults"]["train"] = {"warmup": 20, "lr": "6e-4", "budget": {"seconds": 60.0}}
-    spelled["steps"]["V3"]["train"] = {"budget": {"iters": 500}, "batch_size": "4"}
+    spelled["defaults"]["train"] = {"warmup": 20, "lr": 0.0006, "budget": {"seconds": 60.0}}
+    spelled["steps"]["V3"]["train"] = {"budget": {"iters": 500}, "batch_size": 4}
     b = plan_of(spelled)
     assert [r.config_hash for r in a.runs] == [r.config_hash for r in b.runs]
     assert a.spec_hash == b.spec_hash
@@ -305,9 +305,11 @@ def test_set_overrides_reach_every_step_last_and_enter_the_hash() -> None:
 
 
 @pytest.mark.parametrize(("assignment", "text"), [
-    ("train.eval_batchez=4", "--set: train.eval_batchez: Extra inputs are not permitted"),
-    ("train.batch_size=many", "--set: train.batch_size: Input should be a valid integer"),
-    ("train.budget.seconds=-1", "--set: train.budget.seconds: Input should be greater than 0"),
+    ("train.eval_batchez=4", "--set: train.eval_batchez: unknown key 'eval_batchez'; did you "
+                             "mean 'eval_batches'?"),
+    ("train.batch_size=many", "--set: train.batch_size: expected an integer, got the string "
+                              "'many'"),
+    ("train.budget.seconds=-1", "--set: train.budget.seconds: input should be greater than 0"),
     ("steps.V1.lr=1", "--set: expected SECTION.KEY=VALUE with SECTION one of model, data"),
     ("train.lr", "--set: expected SECTION.KEY=VALUE"),
 ])

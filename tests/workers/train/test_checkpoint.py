@@ -87,7 +87,7 @@ def test_corrupt_checkpoint_raises_a_clear_error(token_dir: Path, tmp_path: Path
         path.write_bytes(b"\x00not a zip" * 50)
     else:
         torch.save({"hello": torch.zeros(1)}, path)
-    with pytest.raises(CheckpointCorrupt, match=r"checkpoint\.pt.*delete it"):
+    with pytest.raises(CheckpointCorrupt, match=r"checkpoint\.pt.*--fresh STEP"):
         read_checkpoint(path)
 
 
