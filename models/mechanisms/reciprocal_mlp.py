@@ -1,6 +1,6 @@
 """Generation-2 reciprocal MLP: mechanisms 1, 2, 3 around a GPT-2 MLP (mechanisms.md §4, §9).
 
-Core: h0 = GELU(c_fc(x)) (B, T, D_ff), D_ff = int(mlp_expansion * n_embd) ALWAYS (§17 #6),
+Core: h0 = GELU(c_fc(x)) (B, T, D_ff), D_ff = round(mlp_expansion * n_embd) (or the explicit d_ff) ALWAYS (§17 #6),
 y = dropout(c_proj(h)). Order inside the forward (§4): mechanism 3, then 2, then 1.
 
 - Mechanism 3 (§4.3): (e, z) = Coupler(h, c_K) with c_K this block's detached MLA latent
@@ -144,7 +144,7 @@ class ReciprocalMLP(nn.Module):
 
     def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int):
         super().__init__()
-        E, H, d_ff = cfg.n_embd, cfg.n_head, cfg.d_ff
+        E, H, d_ff = cfg.n_embd, cfg.n_head, cfg.mlp_width
         self.knobs = knobs
         last = layer_idx == cfg.n_layer - 1
         attn = attention_knobs(cfg)

@@ -61,6 +61,8 @@ class ModelSection(_Strict):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
     bias: bool = True
     mlp_expansion: PositiveFloat = 4.0
+    d_ff: PositiveInt | None = None
+    """Explicit MLP width; null = round(mlp_expansion * n_embd)."""
 
 
 _DATASET = re.compile(r"^(kjv|text:.+|hf:.+)$")
@@ -125,6 +127,7 @@ class Spam(_Strict):
     reset_interval: NonNegativeInt = 1000
     rewarm_steps: NonNegativeInt = 1000
     legacy_double_count: bool = False
+    spike_test_previous: bool = False
 
 
 class OptimizerSection(_Strict):

@@ -41,6 +41,7 @@ class LoopState:
     train_loss: float | None = None       # eval estimate on the train split
     last_loss: float | None = None        # mean train loss of the last log interval
     lr: float | None = None
+    warmup_progress: float | None = None  # budget progress when the LR warmup ended (schedule.py)
     evaluated_at: int = -1
     checkpointed_at: int = -1
 
@@ -197,7 +198,9 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
         # STEP: LR and coupling scale from the budget progress, then grad_accum micro-steps
         t_step = clock.train_s
         frac = budget.progress(st.it, st.tokens, clock.train_s, horizon_iters=t.max_iters)
-        lr = lr_at(st.it, frac)
+        if st.warmup_progress is None and st.it == t.warmup:
+            st.warmup_progress = frac                          # the cosine starts here, at lr
+        lr = lr_at(st.it, frac, st.warmup_progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.set_coupling_scale(cs_at(st.it, frac))

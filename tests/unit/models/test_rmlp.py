@@ -263,7 +263,7 @@ def test_R_ff_frac_scales_the_reciprocal_width_with_the_preset():
     assert Knobs(R_ff_frac=0.375).width(512) == 192
     assert Knobs().width(3072) == 64 and Knobs(R_ff=256).width(3072) == 256
     m = build(cfg(mlp="rmlp", mlp_knobs={"R_ff_frac": 0.25}))
-    assert m.transformer.h[0].mlp.R_ff == round(0.25 * m.config.d_ff)
+    assert m.transformer.h[0].mlp.R_ff == round(0.25 * m.config.mlp_width)
     assert Knobs(R_ff=64, R_ff_frac=0.5).width(512) == 256  # the fraction replaces R_ff
     for bad in ({"R_ff_frac": 1.0}, {"R_ff_frac": 0.0}, {"R_ff": 0}):
         with pytest.raises(ValueError):
