@@ -236,8 +236,9 @@ class ReciprocalMLP(nn.Module):
         if self.knobs.noncausal_gate:
             cbar = c.mean(dim=1, keepdim=True).expand_as(c)  # upstream: mean over ALL positions
         else:
-            n = torch.arange(1, c.size(1) + 1, device=c.device, dtype=torch.float32)[:, None]  # (T, 1)
-            cbar = (c.float().cumsum(dim=1) / n).to(c.dtype)  # (B, T, gate_dim) causal prefix mean
+            dt = torch.promote_types(c.dtype, torch.float32)  # >= float32; float64 stays exact
+            n = torch.arange(1, c.size(1) + 1, device=c.device, dtype=dt)[:, None]  # (T, 1)
+            cbar = (c.to(dt).cumsum(dim=1) / n).to(c.dtype)  # (B, T, gate_dim) causal prefix mean
         g = torch.sigmoid(self.gate_to_heads(cbar))  # (B, T, H)
         if not torch.compiler.is_compiling():
             self._last["head_gate_mean"] = g.detach().mean()

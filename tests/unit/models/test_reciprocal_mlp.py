@@ -251,3 +251,15 @@ def test_gradients_reach_every_learnable_parameter(name):
     assert not dead, f"no gradient: {dead}"
     for key, p in m.mixing_scalars().items():
         assert p.grad is not None and p.grad.norm() > 0, key
+
+
+def test_gate_prefix_mean_is_exact_in_float64():
+    """The causal prefix mean runs in the module dtype when that is float64 (it was always a
+    float32 cumsum, off by ~1e-8)."""
+    torch.manual_seed(0)
+    mlp = ReciprocalMLP(mcfg(dict(gate=True)), Knobs(gate=True), layer_idx=0).double()
+    h = torch.randn(2, 64, D_FF, dtype=torch.float64) * 10
+    g = mlp.head_gates(h)
+    c = mlp.gate_proj(h)
+    ref = torch.stack([torch.sigmoid(mlp.gate_to_heads(c[:, : t + 1].mean(1))) for t in range(64)], dim=1)
+    assert (g - ref).abs().max().item() < 1e-14
