@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.config import GPTConfig
-from models.context import BlockContext
+from models.context import BlockContext, Partner
 from models.mechanisms.h2o import h2o_keep
 from models.mechanisms.kvsplice import KVSplice, SpliceKnobs
 
@@ -160,7 +160,7 @@ def heavy_hitter_keep(mass, k: int, recency: int):
 
 class KVPrunedAttention(nn.Module):
 
-    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int):
+    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int, partner: Partner | None = None):
         super().__init__()
         self.knobs = knobs
         self.n_head = cfg.n_head

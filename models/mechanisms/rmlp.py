@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.config import GPTConfig
-from models.context import BlockContext
+from models.context import BlockContext, Partner
 
 GATE_MODES = ("none", "scalar", "token")
 INJECT = ("none", "attn", "prev_attn")
@@ -88,7 +88,7 @@ class Knobs:
 
 class ReciprocalMLP(nn.Module):
 
-    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int):
+    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int, partner: Partner | None = None):
         super().__init__()
         D_ff = cfg.mlp_width
         R = knobs.width(D_ff)

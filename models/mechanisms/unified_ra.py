@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.config import GPTConfig
-from models.context import BlockContext
+from models.context import BlockContext, Partner
 
 FOLDS = ("shared", "free")
 
@@ -75,7 +75,7 @@ def inverse_softplus(w: torch.Tensor) -> torch.Tensor:
 
 class UnifiedReciprocalAttention(nn.Module):
 
-    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int):
+    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int, partner: Partner | None = None):
         super().__init__()
         D = cfg.head_dim
         if knobs.fold == "free" and knobs.R >= D:

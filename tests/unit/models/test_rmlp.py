@@ -91,8 +91,8 @@ def test_expansion_ratio_is_honoured():
     for exp in (4.0, 2.6666666667, 5.0):
         m = build(rmlp_cfg(R_ff=R_FF) if exp == 4.0 else cfg(mlp="rmlp", mlp_knobs=dict(R_ff=R_FF), mlp_expansion=exp))
         mlp = m.transformer.h[0].mlp
-        assert mlp.c_fc.out_features == int(exp * N_EMBD) == mlp.d_std + R_FF
-        assert mlp.c_proj.in_features == int(exp * N_EMBD)
+        assert mlp.c_fc.out_features == round(exp * N_EMBD) == mlp.d_std + R_FF
+        assert mlp.c_proj.in_features == round(exp * N_EMBD)
 
 
 @pytest.mark.parametrize("knobs", VARIANTS, ids=IDS)
