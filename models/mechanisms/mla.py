@@ -80,6 +80,9 @@ class Knobs:
         return RACTKnobs(mode=self.ra_ct, apply=self.ra_ct_apply, k=self.ra_ct_k, alpha=self.ra_ct_alpha,
                          head_average=self.ra_ct_head_average, detach_stats=self.ra_ct_detach_stats)
 
+    def widths(self, cfg: GPTConfig) -> dict[str, int]:
+        return {"latent_dim": self.latent_dim}
+
     # cross-block signals (see models/context.py); the reciprocal MLP checks these
     def signals_produced(self) -> frozenset[str]:
         return frozenset({"attn_probs", "latent_k"})

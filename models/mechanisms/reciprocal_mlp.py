@@ -74,6 +74,12 @@ class Knobs:
         if self.tying_mode not in TYING_MODES:
             raise ValueError(f"tying_mode must be one of {', '.join(TYING_MODES)}, got {self.tying_mode!r}")
 
+    def widths(self, cfg: GPTConfig) -> dict[str, int]:
+        out = {"gate_dim": self.gate_dim} if self.gate else {}
+        if self.cross and self.cross_rank is not None:
+            out["cross_rank"] = self.cross_rank
+        return out
+
     # cross-block signals (see models/context.py); MLA checks these
     def signals_produced(self) -> frozenset[str]:
         return frozenset({"head_gates"} if self.gate else ()) | frozenset({"latent_z"} if self.recip else ())

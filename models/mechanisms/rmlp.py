@@ -85,6 +85,10 @@ class Knobs:
             return max(1, round(self.R_ff_frac * d_ff))
         return self.R_ff
 
+    def widths(self, cfg: GPTConfig) -> dict[str, int]:
+        R = self.width(cfg.mlp_width)
+        return {"R_ff": R, "D_ff_std": cfg.mlp_width - R}
+
 
 class ReciprocalMLP(nn.Module):
 
