@@ -278,6 +278,18 @@ class KVPrunedAttention(nn.Module):
     def mixing_scalars(self) -> dict[str, nn.Parameter]:
         return {"keep_ratio_logit": self.ratio_logit} if self.ratio_logit is not None else {}
 
+    @torch.no_grad()
+    def keep_ratio_grads(self) -> tuple[float, float, float] | None:
+        """(ratio, d LM loss / d logit, d cost / d logit) of the learned ratio, from the grad
+        of the last backward; the cost part is analytic (cost / n_layer * s (1 - s)), the LM
+        part the rest. None without a learned ratio or a gradient."""
+        if self.ratio_logit is None or self.ratio_logit.grad is None:
+            return None
+        s = torch.sigmoid(self.ratio_logit).item()
+        cost = self.knobs.cost / self.n_layer * s * (1.0 - s)
+        total = self.ratio_logit.grad.item()
+        return s, total - cost, cost
+
     def cache_bytes(self, S: int | None = None) -> dict[str, float]:
         """Implied inference KV cache of this layer for one sequence of S (block_size) tokens."""
         S = self.block_size if S is None else S

@@ -219,6 +219,7 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
 
         do_stats = (st.it + 1) % t.stats_every == 0
         mix_grads = grad_norms(model.mixing_scalars()) if do_stats else {}
+        keep = model.keep_ratio_stats() if (st.it + 1) % t.log_every == 0 else {}  # grads before the step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(optimizer.last_grad_norm):
@@ -243,6 +244,8 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
                 "grad_norm": optimizer.last_grad_norm, "coupling_scale": model.coupling_scale,
                 "spam/spikes": spam["spikes"], "spam/resets": spam["resets"],
                 "spam/clipped": spam["clipped"], "dt_ms": 1000 * dt,
+                "spam_clip_frac": spam["clip_frac"],   # entries clipped by SPAM part 1 at this step
+                **keep,                                 # kv_keep_ratio(+_lm_grad, _cost_grad) if learned
             })
             log(f"step {st.it:05d} | loss {st.last_loss:.3f} | lr {st.lr:.1e} | dt {1000 * dt:.0f}ms | "
                 f"tok/s {_si(tokens_per_iter / max(dt, 1e-9))} | {budget.describe(clock.train_s, st.it)}")
