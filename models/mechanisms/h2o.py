@@ -62,6 +62,7 @@ except Exception:  # noqa: BLE001 - any scripting failure falls back to the eage
     _h2o_loop_compiled = _h2o_loop
 
 
+@torch.compiler.disable  # a data-dependent loop over tokens: dynamo leaves it to TorchScript
 @torch.no_grad()
 def h2o_keep(scores: torch.Tensor, n_keep: int, recency: int, mode: str = "kv") -> torch.Tensor:
     """Kept-key mask (..., T, T) bool of the token-by-token heavy-hitter cache.

@@ -305,6 +305,8 @@ class KVPrunedAttention(nn.Module):
     @torch.no_grad()
     def get_stats(self) -> dict[str, float]:
         out = self.cache_bytes()
+        n, S = int(out["keep_k"]), self.block_size
+        out["sliding_window"] = 1.0 if n < S and self.knobs.recency_at(S) >= n else 0.0  # heavy hitters never act
         if self.ratio_logit is not None:
             out["learned_ratio"] = torch.sigmoid(self.ratio_logit).item()
         return out

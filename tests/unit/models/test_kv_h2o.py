@@ -126,5 +126,25 @@ def test_recency_frac_scales_with_the_sequence_and_sliding_windows_are_flagged()
     frac = Knobs(keep_ratio=0.382, recency_frac=0.0625)
     assert frac.recency_at(128) == 8 and frac.recency_at(1024) == 64
     assert frac.warnings(tiny) == []
+    assert KVPrunedAttention(tiny, kn, 0).get_stats()["sliding_window"] == 1.0
+    assert KVPrunedAttention(tiny, frac, 0).get_stats()["sliding_window"] == 0.0
     full = cfg(attn="kv_prune", block_size=1024)
     assert kn.widths(full) == {"kv_keep_k": 391, "kv_recency": 64} and kn.warnings(full) == []
+
+
+def test_h2o_model_under_torch_compile_matches_eager():
+    import torch._dynamo
+
+    from models.config import GPTConfig
+    from models.gpt2 import GPT
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=64, dropout=0.0,
+                          attn="kv_prune", attn_knobs={"k": 10, "recency": 3}))
+    fwd = torch.compile(model, backend="eager")
+    x = torch.randint(0, 64, (2, 24))
+    _, loss = fwd(x, x)
+    loss.backward()
+    torch.testing.assert_close(loss, model(x, x)[1])
+    torch._dynamo.reset()
