@@ -48,7 +48,7 @@ def check(
         emit_json([c.to_dict() for c in checks])
     else:
         typer.echo(render_checks(checks))
-        typer.echo(render_widths(checks))  # i14
+        say(render_widths(checks))  # i14: on stderr with the notes, so stdout stays the table
     firsts = {r.step: r.config for r in reversed(plan.runs)}
     for c in checks:
         if c.error:

@@ -75,3 +75,25 @@ def test_check_warns_when_a_kv_step_is_only_a_sliding_window():
                 attn="kv_prune", attn_knobs={"keep_ratio": 0.382, "recency": 64})
     c = check_model(tiny)
     assert any("pure sliding window" in w for w in c.warnings)
+
+
+def test_recip_check_prints_the_widths_of_every_step(tmp_path, capsys):
+    from orchestrator.cli.app import run
+
+    spec = tmp_path / "w.yaml"
+    spec.write_text("""
+study: w
+defaults:
+  model: {preset: tiny}
+  data: {dataset: kjv, tokenizer: byte}
+  train: {budget: {seconds: 10}}
+  seeds: [1]
+steps:
+  V0: {description: baseline}
+  V1: {parent: V0, model: {mlp_expansion: 3.3333333333}}
+""")
+    assert run(["check", str(spec)]) == 0
+    _out, err = capsys.readouterr()
+    lines = [line.split() for line in err.splitlines() if line.startswith("  V")]
+    assert ["V0", "n_embd", "128", "head_dim", "32", "D_ff", "512"] == lines[0]
+    assert lines[1][:7] == ["V1", "n_embd", "128", "head_dim", "32", "D_ff", "427"]  # round(426.67)
