@@ -194,11 +194,14 @@ def loadavg() -> str:
         return "n/a"
 
 
-def bench_kv_policies(shape: str, device: str, steps: int) -> list[dict[str, Any]]:
+def bench_kv_policies(shape: str, device: str, steps: int, n_layer: int | None = None) -> list[dict[str, Any]]:
     """Training-step time of kv_prune h2o and oracle next to the baseline (alternating order
-    per round), plus the no-grad selection alone for one layer (`kept_mask`)."""
+    per round), plus the no-grad selection alone for one layer (`kept_mask`). `n_layer`
+    replaces the preset's depth (the 124M shape at T=1024 on a shared CPU: time 1 layer)."""
     preset, B = KV_SHAPES[shape]
     dims: dict[str, Any] = dict(PRESETS[preset], dropout=0.0, vocab_size=TOKENIZER_VOCAB["byte"])
+    if n_layer is not None:
+        dims["n_layer"] = n_layer
     T, H, E = int(dims["block_size"]), int(dims["n_head"]), int(dims["n_embd"])
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, TOKENIZER_VOCAB["byte"], (B, T + 1), generator=g)
@@ -223,7 +226,8 @@ def bench_kv_policies(shape: str, device: str, steps: int) -> list[dict[str, Any
     k = torch.randn(B, H, T, E // H, device=device)
     rows = []
     for label, model, _step, times in entries:
-        row: dict[str, Any] = {"shape": shape, "batch": B, "T": T, "variant": label, "steps": len(times),
+        row: dict[str, Any] = {"shape": shape, "batch": B, "T": T, "n_layer": dims["n_layer"],
+                               "variant": label, "steps": len(times),
                                "median_ms": 1e3 * statistics.median(times),
                                "ratio_vs_baseline": statistics.median(times) / base}
         attn = model.transformer.h[0].attn
@@ -246,11 +250,11 @@ def bench_kv_policies(shape: str, device: str, steps: int) -> list[dict[str, Any
 
 
 def render_kv(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'shape':10} {'B':>2} {'T':>5} {'variant':18} {'ms/step':>9} {'x baseline':>10} "
+    lines = [f"{'shape':10} {'L':>2} {'B':>2} {'T':>5} {'variant':18} {'ms/step':>9} {'x baseline':>10} "
              f"{'select ms/layer':>15}  loadavg"]
     for r in rows:
         sel = f"{r['selection_ms_per_layer']:.1f}" if "selection_ms_per_layer" in r else "-"
-        lines.append(f"{r['shape']:10} {r['batch']:>2} {r['T']:>5} {r['variant']:18} {r['median_ms']:9.1f} "
+        lines.append(f"{r['shape']:10} {r['n_layer']:>2} {r['batch']:>2} {r['T']:>5} {r['variant']:18} {r['median_ms']:9.1f} "
                      f"{r['ratio_vs_baseline']:10.3f} {sel:>15}  {r['loadavg_before']} -> {r['loadavg_after']}")
     return "\n".join(lines)
 
@@ -279,13 +283,14 @@ def main(argv: list[str] | None = None) -> None:
                     help="only the KV-pruning policies (h2o, oracle) vs the baseline at these shapes, "
                          f"comma-separated from {','.join(KV_SHAPES)}; results in bench/results/kv_policies.json")
     ap.add_argument("--kv-steps", type=int, default=4, help="timed steps per variant with --kv")
+    ap.add_argument("--kv-layers", type=int, default=None, help="replace the presets' depth with --kv")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.kv:
         kv_rows: list[dict[str, Any]] = []
         for shape in args.kv.split(","):
-            kv_rows += bench_kv_policies(shape.strip(), args.device, args.kv_steps)
+            kv_rows += bench_kv_policies(shape.strip(), args.device, args.kv_steps, args.kv_layers)
             print(render_kv(kv_rows), flush=True)
         kv_out = Path(args.out).with_name("kv_policies.json")
         kv_out.parent.mkdir(parents=True, exist_ok=True)
