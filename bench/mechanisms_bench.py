@@ -44,8 +44,17 @@ KNOB_SETS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "unified_ra": [("(free)", {"fold": "free"}), ("(shared)", {"fold": "shared"}),
                    ("(free+rwr)", {"fold": "free", "self_restart": True})],
     "rmlp": [("", {}), ("(mixer)", {"use_mixer": True})],
-    "kv_prune": [("", {})],
+    "kv_prune": [("(h2o)", {"policy": "h2o", "recency_frac": 0.0625}),
+                 ("(oracle)", {"policy": "oracle", "recency_frac": 0.0625})],
 }
+# `--kv`: both KV-pruning policies vs the baseline at these shapes (issue 14): name -> (preset,
+# batch); the 124M shape runs on the CPU for a few steps only
+KV_SHAPES: dict[str, tuple[str, int]] = {"small": ("small", 8), "gpt2-124m": ("gpt2-124m", 1)}
+KV_POLICIES: list[tuple[str, str, dict[str, Any]]] = [
+    ("baseline", "causal", {}),
+    ("kv_prune(h2o)", "kv_prune", {"keep_ratio": 0.382, "recency_frac": 0.0625, "policy": "h2o"}),
+    ("kv_prune(oracle)", "kv_prune", {"keep_ratio": 0.382, "recency_frac": 0.0625, "policy": "oracle"}),
+]
 BATCH = {"tiny": 8, "small": 4}
 BASELINE: tuple[str, dict[str, Any], str, dict[str, Any]] = ("causal", {}, "gelu", {})
 MLA_REF: tuple[str, dict[str, Any], str, dict[str, Any]] = ("mla", {"latent_dim": 64}, "gelu", {})
@@ -178,6 +187,78 @@ def bench_size(size: str, device: str, rounds: int, inner: int, warmup: int) -> 
     return rows
 
 
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def bench_kv_policies(shape: str, device: str, steps: int, n_layer: int | None = None) -> list[dict[str, Any]]:
+    """Training-step time of kv_prune h2o and oracle next to the baseline (alternating order
+    per round), plus the no-grad selection alone for one layer (`kept_mask`). `n_layer`
+    replaces the preset's depth (the 124M shape at T=1024 on a shared CPU: time 1 layer)."""
+    preset, B = KV_SHAPES[shape]
+    dims: dict[str, Any] = dict(PRESETS[preset], dropout=0.0, vocab_size=TOKENIZER_VOCAB["byte"])
+    if n_layer is not None:
+        dims["n_layer"] = n_layer
+    T, H, E = int(dims["block_size"]), int(dims["n_head"]), int(dims["n_embd"])
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, TOKENIZER_VOCAB["byte"], (B, T + 1), generator=g)
+    batch = (idx[:, :-1].contiguous().to(device), idx[:, 1:].contiguous().to(device))
+    load_before = loadavg()
+    entries = []
+    for label, attn, knobs in KV_POLICIES:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(**dims, attn=attn, attn_knobs=knobs)).to(device)
+        step = make_step(model, batch, device)
+        step()  # warm (TorchScript compiles the h2o loop on its first calls)
+        entries.append((label, model, step, []))
+    for r in range(steps):
+        for _label, _model, step, times in (entries if r % 2 == 0 else entries[::-1]):
+            sync(device)
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    base = statistics.median(entries[0][3])
+    q = torch.randn(B, H, T, E // H, device=device)
+    k = torch.randn(B, H, T, E // H, device=device)
+    rows = []
+    for label, model, _step, times in entries:
+        row: dict[str, Any] = {"shape": shape, "batch": B, "T": T, "n_layer": dims["n_layer"],
+                               "variant": label, "steps": len(times),
+                               "median_ms": 1e3 * statistics.median(times),
+                               "ratio_vs_baseline": statistics.median(times) / base}
+        attn = model.transformer.h[0].attn
+        if hasattr(attn, "kept_mask"):
+            n = attn.keep_count(T)
+            attn.kept_mask(q, k, n)
+            sel = []
+            for _ in range(3):
+                sync(device)
+                t0 = time.perf_counter()
+                attn.kept_mask(q, k, n)
+                sync(device)
+                sel.append(time.perf_counter() - t0)
+            row["selection_ms_per_layer"] = 1e3 * statistics.median(sel)
+            row["keep_k"], row["recency"] = n, attn.knobs.recency_at(T)
+        rows.append(row)
+    for row in rows:
+        row["loadavg_before"], row["loadavg_after"] = load_before, loadavg()
+    return rows
+
+
+def render_kv(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'shape':10} {'L':>2} {'B':>2} {'T':>5} {'variant':18} {'ms/step':>9} {'x baseline':>10} "
+             f"{'select ms/layer':>15}  loadavg"]
+    for r in rows:
+        sel = f"{r['selection_ms_per_layer']:.1f}" if "selection_ms_per_layer" in r else "-"
+        lines.append(f"{r['shape']:10} {r['n_layer']:>2} {r['batch']:>2} {r['T']:>5} {r['variant']:18} {r['median_ms']:9.1f} "
+                     f"{r['ratio_vs_baseline']:10.3f} {sel:>15}  {r['loadavg_before']} -> {r['loadavg_after']}")
+    return "\n".join(lines)
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'size':6} {'variant':34} {'ms/step':>9} {'x baseline':>10} {'x ref':>7}  ref"]
     for r in rows:
@@ -198,9 +279,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 is steadier on a shared machine); default: torch's")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "mechanisms.json"))
+    ap.add_argument("--kv", default=None, metavar="SHAPES",
+                    help="only the KV-pruning policies (h2o, oracle) vs the baseline at these shapes, "
+                         f"comma-separated from {','.join(KV_SHAPES)}; results in bench/results/kv_policies.json")
+    ap.add_argument("--kv-steps", type=int, default=4, help="timed steps per variant with --kv")
+    ap.add_argument("--kv-layers", type=int, default=None, help="replace the presets' depth with --kv")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.kv:
+        kv_rows: list[dict[str, Any]] = []
+        for shape in args.kv.split(","):
+            kv_rows += bench_kv_policies(shape.strip(), args.device, args.kv_steps, args.kv_layers)
+            print(render_kv(kv_rows), flush=True)
+        kv_out = Path(args.out).with_name("kv_policies.json")
+        kv_out.parent.mkdir(parents=True, exist_ok=True)
+        kv_out.write_text(json.dumps({"device": args.device, "threads": torch.get_num_threads(),
+                                      "torch": torch.__version__, "rows": kv_rows}, indent=2) + "\n")
+        print(f"wrote {kv_out}")
+        return
     rounds = args.rounds or (3 if args.quick else 9)
     inner, warmup = (1, 2) if args.quick else (2, 3)
     if args.device == "cuda":

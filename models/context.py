@@ -15,8 +15,45 @@ Per block l:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
+
+
+@runtime_checkable
+class SignalContract(Protocol):
+    """Knobs that take part in the cross-block signal contract (names of BlockContext
+    signals): `signals_produced()` / `signals_consumed()`. Knobs without them take part in
+    none. A consumer's `signal_needs()` lists (what, partner must produce, partner must
+    consume) for `models.registry.check_signals`."""
+
+    def signals_produced(self) -> frozenset[str]: ...
+
+    def signals_consumed(self) -> frozenset[str]: ...
+
+
+def signals(knobs: Any, which: str = "signals_produced") -> frozenset[str]:
+    """The signals a slot's knobs produce (or consume, which="signals_consumed"); empty for
+    knobs that declare none. The one helper every slot uses."""
+    f = getattr(knobs, which, None)
+    return f() if f is not None else frozenset()
+
+
+@dataclass(frozen=True)
+class Partner:
+    """The other slot of the block, as `models.registry.build` resolves it: its mechanism
+    name and validated knobs. Mechanisms read it instead of importing the registry."""
+
+    name: str = ""
+    knobs: Any = None
+
+    @property
+    def produced(self) -> frozenset[str]:
+        return signals(self.knobs, "signals_produced")
+
+    @property
+    def consumed(self) -> frozenset[str]:
+        return signals(self.knobs, "signals_consumed")
 
 
 @dataclass

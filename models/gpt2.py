@@ -163,6 +163,17 @@ class GPT(nn.Module):
                     stats[f"{slot}.{k}/L{i}"] = float(v)
         return stats
 
+    def keep_ratio_stats(self) -> dict[str, float]:
+        """The learned KV keep ratio (mean over layers) and the norms over layers of its LM and
+        cost gradients, from the last backward (before the optimizer step); {} without one."""
+        parts = [g() for m in self.modules() if callable(g := getattr(m, "keep_ratio_grads", None))]
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return {}
+        return {"kv_keep_ratio": sum(p[0] for p in parts) / len(parts),
+                "kv_keep_ratio_lm_grad": math.sqrt(sum(p[1] ** 2 for p in parts)),
+                "kv_keep_ratio_cost_grad": math.sqrt(sum(p[2] ** 2 for p in parts))}
+
     def mixing_scalars(self) -> dict[str, nn.Parameter]:
         """The learnable mixing scalars whose grad norms the trainer logs (mechanisms.md §4.4)."""
         out: dict[str, nn.Parameter] = {}

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.config import GPTConfig
-from models.context import BlockContext
+from models.context import BlockContext, Partner
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +37,7 @@ class LayerNorm(nn.Module):
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention through SDPA (flash/efficient kernels where available)."""
 
-    def __init__(self, cfg: GPTConfig, knobs: NoKnobs, layer_idx: int):
+    def __init__(self, cfg: GPTConfig, knobs: NoKnobs, layer_idx: int, partner: Partner | None = None):
         super().__init__()
         self.n_head = cfg.n_head
         self.n_embd = cfg.n_embd
@@ -60,13 +60,13 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """c_fc -> exact (erf) GELU -> c_proj -> dropout; width D_ff = int(mlp_expansion * C)."""
+    """c_fc -> exact (erf) GELU -> c_proj -> dropout; width D_ff = round(mlp_expansion * C) or the explicit d_ff."""
 
-    def __init__(self, cfg: GPTConfig, knobs: NoKnobs, layer_idx: int):
+    def __init__(self, cfg: GPTConfig, knobs: NoKnobs, layer_idx: int, partner: Partner | None = None):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, cfg.d_ff, bias=cfg.bias)
+        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_width, bias=cfg.bias)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(cfg.d_ff, cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.mlp_width, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, ctx: BlockContext):

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from models import layers
 from models.config import GPTConfig
+from models.context import Partner, signals
 from models.mechanisms import kv_prune, mla, reciprocal_mlp, rmlp, unified_ra
 
 
@@ -61,10 +62,51 @@ def make_knobs(name: str, slot: str, knobs: dict[str, Any]) -> Any:
     return mech.knobs(**knobs)
 
 
+class SignalContractError(ValueError):
+    """A mechanism needs cross-block signals its partner slot does not provide."""
+
+
+def _slot(cfg: GPTConfig, slot: str) -> tuple[str, dict[str, Any]]:
+    return (cfg.attn, cfg.attn_knobs) if slot == "attn" else (cfg.mlp, cfg.mlp_knobs)
+
+
+def partner(cfg: GPTConfig, slot: str) -> Partner:
+    """The other slot of a block (name and validated knobs), handed to the constructor."""
+    other = "mlp" if slot == "attn" else "attn"
+    name, knobs = _slot(cfg, other)
+    return Partner(name, make_knobs(name, other, knobs))
+
+
+def check_signals(cfg: GPTConfig, slot: str) -> None:
+    """Raise one error naming both slots when `slot`'s mechanism needs a signal the other
+    slot neither produces nor consumes (e.g. mechanism 1's head gates with causal attention)."""
+    name, given = _slot(cfg, slot)
+    knobs = make_knobs(name, slot, given)
+    needs = getattr(knobs, "signal_needs", None)
+    if needs is None:
+        return
+    other = "mlp" if slot == "attn" else "attn"
+    word = "attention" if other == "attn" else "mlp"
+    p = partner(cfg, slot)
+    for what, produce, consume in needs():
+        missing = sorted((produce - p.produced) | (consume - p.consumed))
+        if not missing:
+            continue
+        fits = [n for n in names(other)
+                if produce <= signals(MECHANISMS[n].knobs(), "signals_produced")
+                and consume <= signals(MECHANISMS[n].knobs(), "signals_consumed")]
+        hint = f"use {word} {' or '.join(repr(n) for n in fits)}" if fits else f"no {word} provides it"
+        raise SignalContractError(
+            f"{what}, but {word} {p.name!r} does not exchange {', '.join(missing)} with "
+            f"{'attention' if slot == 'attn' else 'mlp'} {name!r} ({hint})")
+
+
 def build(slot: str, cfg: GPTConfig, layer_idx: int) -> nn.Module:
-    name, knobs = (cfg.attn, cfg.attn_knobs) if slot == "attn" else (cfg.mlp, cfg.mlp_knobs)
+    name, knobs = _slot(cfg, slot)
     mech = get(name, slot)
-    return mech.module(cfg, make_knobs(name, slot, knobs), layer_idx)
+    k = make_knobs(name, slot, knobs)
+    check_signals(cfg, slot)
+    return mech.module(cfg, k, layer_idx, partner=partner(cfg, slot))
 
 
 def names(slot: str | None = None) -> list[str]:

@@ -21,6 +21,8 @@ import torch
 from models import registry
 from models.config import GPTConfig
 from models.gpt2 import GPT
+from models.widths import misaligned
+from models.widths import widths as built_widths
 from orchestrator.core.plan import RunPlan, StudyPlan
 
 SLOTS = (("attn", "attention"), ("mlp", "mlp"))
@@ -52,6 +54,10 @@ class StepCheck:
     """`attn(knobs) + mlp(knobs)` as written in the resolved config."""
     probe: str = ""
     """The shrunken shape the CPU probe ran at, e.g. `L2 H4 E64 T32`."""
+    widths: dict[str, int] = field(default_factory=dict)
+    """i14: the matmul widths built at the step's size (D_ff, R_ff, latent_dim, head_dim, ...)."""
+    frozen_inert: dict[str, int] = field(default_factory=dict)
+    """i14: frozen parameters (name with layers as `*` -> count at full size) that never act."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,6 +106,8 @@ def check_model(model: Mapping[str, Any], *, step: str = "") -> StepCheck:
     except _Invalid as e:
         return StepCheck(step=step, ok=False, error=str(e), params=params, attn_mlp_ratio=ratio,
                          mechanisms=label)
+    widths, inert, notes = _width_and_frozen_notes(cfg, meta_model)  # i14
+    probe.warnings.extend(notes)
     ok = probe.finite and probe.causal and probe.active is not False
     error = None
     if not probe.finite:
@@ -110,7 +118,82 @@ def check_model(model: Mapping[str, Any], *, step: str = "") -> StepCheck:
         error = f"probe: {probe.inert[0]}"
     return StepCheck(step=step, ok=ok, error=error, params=params, attn_mlp_ratio=ratio,
                      causal=probe.causal, mechanisms_active=probe.active, warnings=tuple(probe.warnings),
-                     mechanisms=label, probe=probe.shape)
+                     mechanisms=label, probe=probe.shape, widths=widths, frozen_inert=inert)
+
+
+# ----------------------------------------------------------------------------------------
+# widths and frozen parameters (i14; mechanisms.md §5, §18)
+
+FULL_SCALE_EMBD = 768
+"""n_embd from which a width that is not a multiple of 64 is worth a warning."""
+
+
+def _width_and_frozen_notes(cfg: GPTConfig, meta_model: GPT) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    """(widths, frozen parameters that never act, warnings): widths not multiples of 64 at
+    full scale, KV steps that are only a sliding window, frozen parameters that do nothing."""
+    notes: list[str] = []
+    w = built_widths(cfg)
+    odd = misaligned(cfg)
+    if odd and cfg.n_embd >= FULL_SCALE_EMBD:
+        notes.append("width(s) not a multiple of 64: " + ", ".join(f"{k} {v}" for k, v in odd.items()))
+    for slot, _word in SLOTS:
+        name, given = (cfg.attn, cfg.attn_knobs) if slot == "attn" else (cfg.mlp, cfg.mlp_knobs)
+        f = getattr(registry.make_knobs(name, slot, given), "warnings", None)
+        notes.extend(f(cfg) if f is not None else [])
+    inert = _frozen_inert(cfg, meta_model)
+    if inert:
+        total = sum(inert.values())
+        shown = ", ".join(list(inert)[:4]) + (f" (+{len(inert) - 4} more)" if len(inert) > 4 else "")
+        notes.append(f"{_count(total)} frozen parameter(s) never act (perturbing them changes "
+                     f"nothing): {shown}")
+    return w, inert, notes
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 10_000 else str(n)
+
+
+def _frozen_inert(cfg: GPTConfig, meta_model: GPT) -> dict[str, int]:
+    """Frozen (requires_grad=False) parameters whose perturbation leaves a small CPU build's
+    output unchanged in float64; names with the layer index as `*`, counts at full size."""
+    frozen = {n: p.numel() for n, p in meta_model.named_parameters() if not p.requires_grad}
+    if not frozen:
+        return {}
+    small = next(iter(_probe_configs(cfg)))
+    try:
+        model = _build(small).double()
+    except (ValueError, TypeError, AssertionError):
+        return {}
+    gen = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, small.vocab_size, (2, small.block_size), generator=gen)
+    ref = _logits(model, idx)
+    inert: dict[str, int] = {}
+    params = dict(model.named_parameters())
+    for name in frozen:
+        p = params.get(name)
+        if p is None:
+            continue
+        saved = p.detach().clone()
+        with torch.no_grad():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        moved = (_logits(model, idx) - ref).abs().max().item() > 1e-12
+        with torch.no_grad():
+            p.copy_(saved)
+        if not moved:
+            key = _layer_star(name)
+            inert[key] = inert.get(key, 0) + frozen[name]
+    # names seen only in the small build's layers still count every full-size layer
+    for name, n in frozen.items():
+        key = _layer_star(name)
+        if key in inert and name not in params:
+            inert[key] += n
+    return inert
+
+
+def _layer_star(name: str) -> str:
+    parts = name.split(".")
+    return ".".join("*" if i > 0 and parts[i - 1] == "h" and part.isdigit() else part
+                    for i, part in enumerate(parts))
 
 
 # ----------------------------------------------------------------------------------------

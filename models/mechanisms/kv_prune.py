@@ -1,22 +1,31 @@
 """KV-cache pruning as causal heavy-hitter eviction (mechanisms.md §10; §19 decisions 6, 7, 11).
 
 GPT-2 attention (same parameters and init as the baseline) in which query i only sees the
-keys an inference cache of k tokens would hold under a heavy-hitter policy (decision 7):
-
-    recent_i = the last r = min(recency, k) positions  i-r < j <= i   (always incl. i itself)
-    heavy_i  = the top (k - r) earlier keys j <= i-r ranked by the attention mass they
-               received from queries < i:   M[i, j] = sum_{i' < i} A[i', j]
-    y_i      = softmax over the kept keys of q_i.k_j / sqrt(D), times V     (renormalised)
-
-A = the full causal softmax (no grad; the scoring pass). Everything is causal: the kept set
-of query i depends on queries < i only, and the softmax runs over keys <= i (the upstream
-forward had no causal mask at all, §17 #5). k = `k`, or int(keep_ratio * T).
+keys an inference cache of k tokens holds (decision 7, corrected 2026-12-04), then
+    y_i = softmax over the kept keys of q_i.k_j / sqrt(D), times V       (renormalised)
+Policies (`policy`):
+  `h2o` (default): the exact token-by-token heavy-hitter cache (models/mechanisms/h2o.py):
+      the last r = min(recency, k) keys always kept, the others ranked by the attention mass
+      the cache itself computed for earlier queries, an evicted key gone for good.
+  `oracle` (an approximation, the earlier rule): query i keeps the last r positions and the
+      top (k - r) earlier keys by the mass M[i, j] = sum_{i' < i} A[i', j] of the FULL causal
+      softmax A, re-ranked at every query (it can re-admit a key a cache would have evicted
+      and ranks with mass over keys a cache no longer holds).
+Both are causal: the kept set of query i depends on queries < i only, the softmax runs over
+keys <= i (the upstream forward had no causal mask at all, §17 #5). The selection runs
+without gradient; the attention over the kept set is differentiable.
+k = `k`, or int(keep_ratio * T); r = `recency`, or round(recency_frac * T) when given (so a
+spec keeps heavy hitters at every preset; recency >= k is a pure sliding window, which
+`recip check` warns about).
 Modes (§10): `v_only` (upstream default) caches every K and only the kept V's; `kv` caches
-both for the kept tokens only. Renormalised, both give the same outputs; they differ in the
-implied inference cache, reported by `get_stats` (bf16 bytes per sequence of block_size).
-Learned keep ratio (decision 6): ratio = sigmoid(logit), init keep_ratio; the hard mask keeps
-the top int(ratio T) - r candidates by rank, and a soft mask sigmoid((ratio T - r - rank - 1/2)
-/ (tau T)) carries the gradient to the ratio (straight-through: forward = hard mask). The cost
+both for the kept tokens only. Under `oracle` they give the same outputs; under `h2o` they
+differ in the mass the cache accumulates (v_only has every K, so it scores with the full
+softmax; kv with the softmax over its kept keys). The implied inference cache is reported by
+`get_stats` (bf16 bytes per sequence of block_size).
+Learned keep ratio (decision 6): ratio = sigmoid(logit), init keep_ratio; the hard mask is the
+policy's kept set at k = int(ratio T), and a soft mask sigmoid((ratio T - r - rank - 1/2)
+/ (tau T)) carries the gradient to the ratio (straight-through: forward = hard mask; rank =
+the oracle's rank of the key among query i's candidates, a surrogate under h2o). The cost
 cost * ratio / n_layer is added to the training loss through ctx.add_aux_loss, so the LM
 loss (pushing the ratio up) meets a price for memory.
 KVSplice (`kvsplice: {k: 32}`, §11, `models/mechanisms/kvsplice.py`): per-layer V geometry
@@ -35,10 +44,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.config import GPTConfig
-from models.context import BlockContext
+from models.context import BlockContext, Partner
+from models.mechanisms.h2o import h2o_keep
 from models.mechanisms.kvsplice import KVSplice, SpliceKnobs
 
 MODES = ("v_only", "kv")
+POLICIES = ("h2o", "oracle")
 CACHE_DTYPE_BYTES = 2  # bf16 inference cache
 
 
@@ -53,6 +64,12 @@ class Knobs:
     """Fraction of the sequence kept when k is null (1/(1+phi) = 0.382 upstream)."""
     recency: int = 64
     """The last `recency` positions are always kept (clamped to k); >= 1 keeps the token itself."""
+    recency_frac: float | None = None
+    """When given, replaces recency: round(recency_frac * T), at least 1 (0.0625 = 64/1024),
+    so heavy hitters still act at small presets."""
+    policy: str = "h2o"
+    """`h2o`: the exact token-by-token heavy-hitter cache; `oracle`: re-rank by the full
+    attention mass at every query (the earlier approximation)."""
     mode: str = "v_only"
     """`v_only`: every K cached, V pruned; `kv`: both pruned. Same outputs, different cache bytes."""
     learned: bool = False
@@ -66,6 +83,10 @@ class Knobs:
     eval_batches); null = off. Fitted after training (post_train)."""
 
     def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.recency_frac is not None and not 0.0 < self.recency_frac <= 1.0:
+            raise ValueError(f"recency_frac must be in (0, 1] or null, got {self.recency_frac}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.k is not None and self.k < 1:
@@ -90,8 +111,38 @@ class Knobs:
             raise ValueError(f"kvsplice must be a mapping of knobs or null, got {self.kvsplice!r}")
 
 
+    def recency_at(self, T: int) -> int:
+        """The recency window r before clamping to k, at sequence length T."""
+        if self.recency_frac is not None:
+            return max(1, round(self.recency_frac * T))
+        return self.recency
+
+    def keep_at(self, T: int) -> int:
+        """k at sequence length T for a fixed ratio (the learned ratio starts here)."""
+        return min(self.k, T) if self.k is not None else max(1, min(T, int(self.keep_ratio * T)))
+
+    def widths(self, cfg: GPTConfig) -> dict[str, int]:
+        T = cfg.block_size
+        return {"kv_keep_k": self.keep_at(T), "kv_recency": min(self.recency_at(T), self.keep_at(T))}
+
+    def warnings(self, cfg: GPTConfig) -> list[str]:
+        T = cfg.block_size
+        k, r = self.keep_at(T), self.recency_at(T)
+        if k < T and r >= k:
+            return [f"kv_prune at T={T} keeps k={k} <= recency {r}: a pure sliding window, "
+                    f"heavy-hitter selection never acts (set recency_frac, e.g. 0.0625)"]
+        return []
+
+
+def _scores(q, k):
+    """q k^T / sqrt(D) for the no-grad selection, in at least float32 (outside autocast)."""
+    dt = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        return (q.to(dt) @ k.to(dt).transpose(-2, -1)) / math.sqrt(q.size(-1))
+
+
 def heavy_hitter_keep(mass, k: int, recency: int):
-    """Kept-key mask (..., T, T) bool for mass M[..., i, j] from queries < i (decision 7)."""
+    """`oracle` kept-key mask (..., T, T) bool for mass M[..., i, j] from queries < i."""
     T = mass.size(-1)
     i = torch.arange(T, device=mass.device).view(T, 1)
     j = torch.arange(T, device=mass.device).view(1, T)
@@ -109,7 +160,7 @@ def heavy_hitter_keep(mass, k: int, recency: int):
 
 class KVPrunedAttention(nn.Module):
 
-    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int):
+    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int, partner: Partner | None = None):
         super().__init__()
         self.knobs = knobs
         self.n_head = cfg.n_head
@@ -139,9 +190,9 @@ class KVPrunedAttention(nn.Module):
 
     def keep_count(self, T: int) -> int:
         """Cache size k for a sequence of length T."""
-        if self.knobs.k is not None:
-            return min(self.knobs.k, T)
-        ratio = self.knobs.keep_ratio if self.ratio_logit is None else torch.sigmoid(self.ratio_logit).item()
+        if self.ratio_logit is None:
+            return self.knobs.keep_at(T)
+        ratio = torch.sigmoid(self.ratio_logit).item()
         return max(1, min(T, int(ratio * T)))
 
     # ------------------------------------------------------------------------------------
@@ -175,20 +226,25 @@ class KVPrunedAttention(nn.Module):
     def attention_mass(self, q, k):
         """M[b, h, i, j] = sum_{i' < i} A[b, h, i', j], A the full causal softmax (no grad)."""
         T = q.size(-2)
-        att = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T)
+        att = _scores(q, k)  # (B, H, T, T), float32 or float64
         causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         A = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
         return A.cumsum(dim=-2) - A  # exclusive prefix over queries: (B, H, T, T)
 
     @torch.no_grad()
     def kept_mask(self, q, k, n_keep: int):
-        return heavy_hitter_keep(self.attention_mass(q, k), n_keep, self.knobs.recency)
+        """(B, H, T, T) bool: the keys each query attends to under the policy."""
+        r = self.knobs.recency_at(q.size(-2))
+        if self.knobs.policy == "oracle":
+            return heavy_hitter_keep(self.attention_mass(q, k), n_keep, r)
+        scores = _scores(q, k)  # (B, H, T, T)
+        return h2o_keep(scores, n_keep, r, self.knobs.mode)
 
     def _learned_attention(self, q, k, v, ctx: BlockContext, scale: float, dropout_p: float):
         T = q.size(-2)
         ratio = torch.sigmoid(self.ratio_logit)
         n_keep = max(1, min(T, int(ratio.item() * T)))
-        r = min(self.knobs.recency, n_keep)
+        r = min(self.knobs.recency_at(T), n_keep)
         with torch.no_grad():
             mass = self.attention_mass(q, k)
             i = torch.arange(T, device=q.device).view(T, 1)
@@ -196,10 +252,13 @@ class KVPrunedAttention(nn.Module):
             recent = (j <= i) & (j > i - r)
             cand = j <= i - r
             order = mass.masked_fill(~cand, float("-inf")).argsort(dim=-1, descending=True, stable=True)
-            rank = order.argsort(dim=-1).float()  # (B, H, T, T) 0 = heaviest candidate
-            hard = recent | (cand & (rank < n_keep - r))
+            rank = order.argsort(dim=-1).to(q.dtype)  # (B, H, T, T) 0 = heaviest candidate
+            if self.knobs.policy == "oracle":
+                hard = recent | (cand & (rank < n_keep - r))
+            else:
+                hard = self.kept_mask(q, k, n_keep) if n_keep < T else (j <= i).expand(mass.shape)
         soft = torch.sigmoid((ratio * T - r - rank - 0.5) / (self.knobs.tau * T)) * cand  # (B, H, T, T)
-        m = hard.float() + (soft - soft.detach())  # forward: hard mask; backward: soft
+        m = hard.to(soft.dtype) + (soft - soft.detach())  # forward: hard mask; backward: soft
         att = (q @ k.transpose(-2, -1)) * scale  # (B, H, T, T)
         causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         P = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
@@ -219,6 +278,18 @@ class KVPrunedAttention(nn.Module):
     def mixing_scalars(self) -> dict[str, nn.Parameter]:
         return {"keep_ratio_logit": self.ratio_logit} if self.ratio_logit is not None else {}
 
+    @torch.no_grad()
+    def keep_ratio_grads(self) -> tuple[float, float, float] | None:
+        """(ratio, d LM loss / d logit, d cost / d logit) of the learned ratio, from the grad
+        of the last backward; the cost part is analytic (cost / n_layer * s (1 - s)), the LM
+        part the rest. None without a learned ratio or a gradient."""
+        if self.ratio_logit is None or self.ratio_logit.grad is None:
+            return None
+        s = torch.sigmoid(self.ratio_logit).item()
+        cost = self.knobs.cost / self.n_layer * s * (1.0 - s)
+        total = self.ratio_logit.grad.item()
+        return s, total - cost, cost
+
     def cache_bytes(self, S: int | None = None) -> dict[str, float]:
         """Implied inference KV cache of this layer for one sequence of S (block_size) tokens."""
         S = self.block_size if S is None else S
@@ -234,6 +305,8 @@ class KVPrunedAttention(nn.Module):
     @torch.no_grad()
     def get_stats(self) -> dict[str, float]:
         out = self.cache_bytes()
+        n, S = int(out["keep_k"]), self.block_size
+        out["sliding_window"] = 1.0 if n < S and self.knobs.recency_at(S) >= n else 0.0  # heavy hitters never act
         if self.ratio_logit is not None:
             out["learned_ratio"] = torch.sigmoid(self.ratio_logit).item()
         return out

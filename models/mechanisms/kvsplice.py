@@ -146,13 +146,13 @@ class KVSplice(nn.Module):
     def compress(self, v):
         """(..., D) -> (..., k)"""
         shp = v.shape
-        z = self.g(v.reshape(-1, self.dim).float())
+        z = self.g(v.reshape(-1, self.dim).to(self.mu.dtype))  # in the buffers' dtype (.double() works)
         return ((z - self.mu) @ self.Vk).reshape(*shp[:-1], self.knobs.k)
 
     def decompress(self, c):
         """(..., k) -> (..., D)"""
         shp = c.shape
-        z = c.reshape(-1, self.knobs.k).float() @ self.Vk.T + self.mu
+        z = c.reshape(-1, self.knobs.k).to(self.Vk.dtype) @ self.Vk.T + self.mu
         return self.g_inv(z).reshape(*shp[:-1], self.dim)
 
     def roundtrip(self, v):

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.config import GPTConfig
-from models.context import BlockContext
+from models.context import BlockContext, Partner
 from models.mechanisms.ra_ct import MODES as RA_CT_MODES
 from models.mechanisms.ra_ct import RACTGate, RACTKnobs
 
@@ -80,6 +80,9 @@ class Knobs:
         return RACTKnobs(mode=self.ra_ct, apply=self.ra_ct_apply, k=self.ra_ct_k, alpha=self.ra_ct_alpha,
                          head_average=self.ra_ct_head_average, detach_stats=self.ra_ct_detach_stats)
 
+    def widths(self, cfg: GPTConfig) -> dict[str, int]:
+        return {"latent_dim": self.latent_dim}
+
     # cross-block signals (see models/context.py); the reciprocal MLP checks these
     def signals_produced(self) -> frozenset[str]:
         return frozenset({"attn_probs", "latent_k"})
@@ -88,20 +91,11 @@ class Knobs:
         return frozenset({"head_gates", "latent_z"})
 
 
-def mlp_signals(cfg: GPTConfig, which: str = "signals_produced") -> frozenset[str]:
-    """The cross-block signals the configured MLP produces (or consumes); empty for MLPs that
-    declare none."""
-    from models import registry  # registry imports this module
-
-    knobs = registry.make_knobs(cfg.mlp, "mlp", cfg.mlp_knobs)
-    f = getattr(knobs, which, None)
-    return f() if f is not None else frozenset()
-
-
 class MLAAttention(nn.Module):
 
-    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int):
+    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int, partner: Partner | None = None):
         super().__init__()
+        partner = partner or Partner()  # the block's MLP (models.registry.build passes it)
         E, H = cfg.n_embd, cfg.n_head
         D, L = E // H, knobs.latent_dim
         self.n_head, self.head_dim, self.latent_dim = H, D, L
@@ -116,7 +110,7 @@ class MLAAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
         # mixing scalars (§4.4); each exists only where its term can act
-        signals = mlp_signals(cfg) if layer_idx > 0 else frozenset()
+        signals = partner.produced if layer_idx > 0 else frozenset()
         self.ra_alpha = nn.Parameter(torch.empty(())) if knobs.ra_alpha > 0 else None
         self.gate_alpha = nn.Parameter(torch.empty(())) if "head_gates" in signals else None
         self.recip_alpha_attn = nn.Parameter(torch.empty(())) if "latent_z" in signals else None
@@ -125,7 +119,7 @@ class MLAAttention(nn.Module):
         # the attention matrix is materialised only when a term needs it (RA, RA-CT, or the
         # MLP's mechanism 2); otherwise SDPA computes the same softmax(S) V with scale 1/sqrt(L)
         self.explicit = (knobs.ra_alpha > 0 or knobs.ra_ct is not None
-                         or "attn_probs" in mlp_signals(cfg, "signals_consumed"))
+                         or "attn_probs" in partner.consumed)
         self._last: dict[str, torch.Tensor] = {}  # detached statistics of the last forward
         self.reset_mechanism_parameters()
 

@@ -1,6 +1,6 @@
 """Generation-2 reciprocal MLP: mechanisms 1, 2, 3 around a GPT-2 MLP (mechanisms.md §4, §9).
 
-Core: h0 = GELU(c_fc(x)) (B, T, D_ff), D_ff = int(mlp_expansion * n_embd) ALWAYS (§17 #6),
+Core: h0 = GELU(c_fc(x)) (B, T, D_ff), D_ff = round(mlp_expansion * n_embd) (or the explicit d_ff) ALWAYS (§17 #6),
 y = dropout(c_proj(h)). Order inside the forward (§4): mechanism 3, then 2, then 1.
 
 - Mechanism 3 (§4.3): (e, z) = Coupler(h, c_K) with c_K this block's detached MLA latent
@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from models.config import GPTConfig
-from models.context import BlockContext
+from models.context import BlockContext, Partner
 
 SPARSE_MODES = ("topk", "rms", "none")
 TYING_MODES = ("untied", "tied_transpose", "per_head_scalar")
@@ -74,6 +74,12 @@ class Knobs:
         if self.tying_mode not in TYING_MODES:
             raise ValueError(f"tying_mode must be one of {', '.join(TYING_MODES)}, got {self.tying_mode!r}")
 
+    def widths(self, cfg: GPTConfig) -> dict[str, int]:
+        out = {"gate_dim": self.gate_dim} if self.gate else {}
+        if self.cross and self.cross_rank is not None:
+            out["cross_rank"] = self.cross_rank
+        return out
+
     # cross-block signals (see models/context.py); MLA checks these
     def signals_produced(self) -> frozenset[str]:
         return frozenset({"head_gates"} if self.gate else ()) | frozenset({"latent_z"} if self.recip else ())
@@ -81,16 +87,19 @@ class Knobs:
     def signals_consumed(self) -> frozenset[str]:
         return frozenset({"attn_probs"} if self.cross else ()) | frozenset({"latent_k"} if self.recip else ())
 
-
-def attention_knobs(cfg: GPTConfig):
-    from models import registry  # registry imports this module
-
-    return registry.make_knobs(cfg.attn, "attn", cfg.attn_knobs)
-
-
-def _signals(knobs, which: str) -> frozenset[str]:
-    f = getattr(knobs, which, None)
-    return f() if f is not None else frozenset()
+    def signal_needs(self) -> list[tuple[str, frozenset[str], frozenset[str]]]:
+        """(what, the attention must produce, the attention must consume) per mechanism on."""
+        out = []
+        if self.gate:
+            out.append(("gate (mechanism 1) gates the next block's attention heads",
+                        frozenset(), frozenset({"head_gates"})))
+        if self.cross:
+            out.append(("cross (mechanism 2) reuses the attention weights",
+                        frozenset({"attn_probs"}), frozenset()))
+        if self.recip:
+            out.append(("recip (mechanism 3) couples the MLP with the MLA latent keys",
+                        frozenset({"latent_k"}), frozenset({"latent_z"})))
+        return out
 
 
 def _head_index(n: int, H: int) -> torch.Tensor:
@@ -142,22 +151,16 @@ class ReciprocalCoupler(nn.Module):
 
 class ReciprocalMLP(nn.Module):
 
-    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int):
+    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int, partner: Partner | None = None):
         super().__init__()
-        E, H, d_ff = cfg.n_embd, cfg.n_head, cfg.d_ff
+        E, H, d_ff = cfg.n_embd, cfg.n_head, cfg.mlp_width
         self.knobs = knobs
         last = layer_idx == cfg.n_layer - 1
-        attn = attention_knobs(cfg)
-        produced, consumed = _signals(attn, "signals_produced"), _signals(attn, "signals_consumed")
-        if knobs.gate and "head_gates" not in consumed:
-            raise ValueError(f"gate (mechanism 1) gates the next block's attention heads, but attention "
-                             f"{cfg.attn!r} takes no head gates (use attention 'mla')")
-        if knobs.cross and "attn_probs" not in produced:
-            raise ValueError(f"cross (mechanism 2) reuses the attention weights, but attention {cfg.attn!r} "
-                             f"does not export them (use attention 'mla')")
-        if knobs.recip and not ("latent_k" in produced and "latent_z" in consumed):
-            raise ValueError(f"recip (mechanism 3) couples the MLP with the MLA latent keys, but attention "
-                             f"{cfg.attn!r} has none (use attention 'mla')")
+        # the block's attention (models.registry.build passes it, after check_signals)
+        attn = (partner or Partner()).knobs
+        if knobs.recip and not hasattr(attn, "latent_dim"):
+            raise ValueError("recip (mechanism 3) sizes its coupler by the attention's latent_dim: "
+                             "build through models.registry (attention 'mla')")
 
         self.c_fc = nn.Linear(E, d_ff, bias=cfg.bias)
         self.gelu = nn.GELU()
@@ -236,8 +239,9 @@ class ReciprocalMLP(nn.Module):
         if self.knobs.noncausal_gate:
             cbar = c.mean(dim=1, keepdim=True).expand_as(c)  # upstream: mean over ALL positions
         else:
-            n = torch.arange(1, c.size(1) + 1, device=c.device, dtype=torch.float32)[:, None]  # (T, 1)
-            cbar = (c.float().cumsum(dim=1) / n).to(c.dtype)  # (B, T, gate_dim) causal prefix mean
+            dt = torch.promote_types(c.dtype, torch.float32)  # >= float32; float64 stays exact
+            n = torch.arange(1, c.size(1) + 1, device=c.device, dtype=dt)[:, None]  # (T, 1)
+            cbar = (c.to(dt).cumsum(dim=1) / n).to(c.dtype)  # (B, T, gate_dim) causal prefix mean
         g = torch.sigmoid(self.gate_to_heads(cbar))  # (B, T, H)
         if not torch.compiler.is_compiling():
             self._last["head_gate_mean"] = g.detach().mean()

@@ -1,6 +1,6 @@
 """Reciprocal MLP, Generation 3 (mechanisms.md §8.1-8.3, §9; §19 decisions 5, 10).
 
-D_ff = int(mlp_expansion * n_embd) = D_ff_std + R_ff always (the expansion is honoured, §17 #6).
+D_ff = round(mlp_expansion * n_embd) (or the explicit d_ff) = D_ff_std + R_ff always (the expansion is honoured, §17 #6).
 One c_fc (E -> D_ff) holds [up_std; up_low] and one c_proj (D_ff -> E) is `down`, so the
 GPT-2 names and init apply unchanged (decision 10) and the folded form costs what the
 baseline costs:
@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.config import GPTConfig
-from models.context import BlockContext
+from models.context import BlockContext, Partner
 
 GATE_MODES = ("none", "scalar", "token")
 INJECT = ("none", "attn", "prev_attn")
@@ -85,15 +85,19 @@ class Knobs:
             return max(1, round(self.R_ff_frac * d_ff))
         return self.R_ff
 
+    def widths(self, cfg: GPTConfig) -> dict[str, int]:
+        R = self.width(cfg.mlp_width)
+        return {"R_ff": R, "D_ff_std": cfg.mlp_width - R}
+
 
 class ReciprocalMLP(nn.Module):
 
-    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int):
+    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int, partner: Partner | None = None):
         super().__init__()
-        D_ff = cfg.d_ff
+        D_ff = cfg.mlp_width
         R = knobs.width(D_ff)
         if not 0 < R < D_ff:
-            raise ValueError(f"R_ff ({R}) must be in (0, D_ff = {D_ff}) (D_ff = int(mlp_expansion * n_embd))")
+            raise ValueError(f"R_ff ({R}) must be in (0, D_ff = {D_ff}) (D_ff = round(mlp_expansion * n_embd) (or the explicit d_ff))")
         if knobs.tie_to_attn_proj and R > cfg.n_embd:
             raise ValueError(f"tie_to_attn_proj needs R_ff ({R}) <= n_embd ({cfg.n_embd})")
         self.knobs = knobs

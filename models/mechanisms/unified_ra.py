@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.config import GPTConfig
-from models.context import BlockContext
+from models.context import BlockContext, Partner
 
 FOLDS = ("shared", "free")
 
@@ -65,6 +65,12 @@ class Knobs:
             if v is not None and v < 0:
                 raise ValueError(f"{name} must be >= 0 (or null for the geometric init), got {v}")
 
+    def widths(self, cfg: GPTConfig) -> dict[str, int]:
+        D = cfg.head_dim
+        if self.fold == "free":
+            return {"R": self.R, "D_std": D - self.R}
+        return {"R": self.R, "sdpa_head_dim": D + self.R}
+
 
 def inverse_softplus(w: torch.Tensor) -> torch.Tensor:
     """u with softplus(u) == w (w = 0 gives -inf, which softplus maps back to exactly 0)."""
@@ -75,7 +81,7 @@ def inverse_softplus(w: torch.Tensor) -> torch.Tensor:
 
 class UnifiedReciprocalAttention(nn.Module):
 
-    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int):
+    def __init__(self, cfg: GPTConfig, knobs: Knobs, layer_idx: int, partner: Partner | None = None):
         super().__init__()
         D = cfg.head_dim
         if knobs.fold == "free" and knobs.R >= D:

@@ -48,6 +48,7 @@ def check(
         emit_json([c.to_dict() for c in checks])
     else:
         typer.echo(render_checks(checks))
+        say(render_widths(checks))  # i14: on stderr with the notes, so stdout stays the table
     firsts = {r.step: r.config for r in reversed(plan.runs)}
     for c in checks:
         if c.error:
@@ -106,3 +107,13 @@ def render_checks(checks: Sequence[StepCheck]) -> str:
         " ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)) + " " + r[-1]
         for r in rows
     )
+
+
+def render_widths(checks: Sequence[StepCheck]) -> str:
+    """i14: one line per step with the widths it builds (D_ff, R_ff, latent and head dims)."""
+    width = max((len(c.step) for c in checks), default=4)
+    lines = ["widths:"]
+    for c in checks:
+        if c.widths:
+            lines.append(f"  {c.step.ljust(width)} " + " ".join(f"{k} {v}" for k, v in c.widths.items()))
+    return "\n".join(lines)

@@ -304,6 +304,8 @@ def _resolve_step(spec: Spec, sid: str, presets: Mapping[str, Mapping[str, objec
         "dropout": m["dropout"], "bias": m["bias"], "mlp_expansion": m["mlp_expansion"],
         "attn": attn, "attn_knobs": attn_knobs, "mlp": mlp, "mlp_knobs": mlp_knobs,
     }
+    if m.get("d_ff") is not None:  # i14: explicit MLP width, present only when given (hash unchanged)
+        model["d_ff"] = m["d_ff"]
     return {
         "model": model,
         "data": data,

@@ -70,6 +70,8 @@ class ModelSection(_Strict):
     dropout: Fraction | None = None
     bias: Bool = True
     mlp_expansion: PositiveFloat = 4.0
+    d_ff: PositiveInt | None = None
+    """Explicit MLP width; null = round(mlp_expansion * n_embd)."""
 
 
 _DATASET = re.compile(r"^(kjv|text:.+|hf:.+)$")
@@ -134,6 +136,7 @@ class Spam(_Strict):
     reset_interval: NonNegativeInt = 1000
     rewarm_steps: NonNegativeInt = 1000
     legacy_double_count: Bool = False
+    spike_test_previous: Bool = False
 
 
 class OptimizerSection(_Strict):

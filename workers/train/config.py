@@ -92,6 +92,7 @@ class SpamSpec:
     reset_interval: int | None = 1000       # periodic moment reset, in optimizer steps; None/0 = off
     rewarm_steps: int | None = 1000         # LR re-warm after a periodic reset; None/0 = off
     legacy_double_count: bool = False       # upstream's counter advanced twice per step
+    spike_test_previous: bool = False       # earlier rule: z test needs 10 previous norms (§14.1: 10 incl. this one)
 
 
 @dataclass(frozen=True)

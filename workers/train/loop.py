@@ -41,6 +41,7 @@ class LoopState:
     train_loss: float | None = None       # eval estimate on the train split
     last_loss: float | None = None        # mean train loss of the last log interval
     lr: float | None = None
+    warmup_progress: float | None = None  # budget progress when the LR warmup ended (schedule.py)
     evaluated_at: int = -1
     checkpointed_at: int = -1
 
@@ -197,7 +198,9 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
         # STEP: LR and coupling scale from the budget progress, then grad_accum micro-steps
         t_step = clock.train_s
         frac = budget.progress(st.it, st.tokens, clock.train_s, horizon_iters=t.max_iters)
-        lr = lr_at(st.it, frac)
+        if st.warmup_progress is None and st.it == t.warmup:
+            st.warmup_progress = frac                          # the cosine starts here, at lr
+        lr = lr_at(st.it, frac, st.warmup_progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.set_coupling_scale(cs_at(st.it, frac))
@@ -216,6 +219,7 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
 
         do_stats = (st.it + 1) % t.stats_every == 0
         mix_grads = grad_norms(model.mixing_scalars()) if do_stats else {}
+        keep = model.keep_ratio_stats() if (st.it + 1) % t.log_every == 0 else {}  # grads before the step
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(optimizer.last_grad_norm):
@@ -240,6 +244,8 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
                 "grad_norm": optimizer.last_grad_norm, "coupling_scale": model.coupling_scale,
                 "spam/spikes": spam["spikes"], "spam/resets": spam["resets"],
                 "spam/clipped": spam["clipped"], "dt_ms": 1000 * dt,
+                "spam_clip_frac": spam["clip_frac"],   # entries clipped by SPAM part 1 at this step
+                **keep,                                 # kv_keep_ratio(+_lm_grad, _cost_grad) if learned
             })
             log(f"step {st.it:05d} | loss {st.last_loss:.3f} | lr {st.lr:.1e} | dt {1000 * dt:.0f}ms | "
                 f"tok/s {_si(tokens_per_iter / max(dt, 1e-9))} | {budget.describe(clock.train_s, st.it)}")

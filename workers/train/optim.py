@@ -3,9 +3,13 @@
 mechanisms.md §14.1 and §19 decision 12. Per optimizer step, after backward:
   1. element clip (spike_clip_theta): g := clamp(g, ±sqrt(theta * (v + 1e-12))), v the raw
      exp_avg_sq; skipped for a parameter with no state yet (first step)
-  2. spike detection (spike_z): n = global grad norm after 1, before 3; if at least
-     `min_norms` finite previous norms are kept (last `norm_window`), z = (n - mean)/std
-     (population std); z > spike_z -> soft reset: exp_avg *= 0.5, exp_avg_sq *= 0.9
+  2. spike detection (spike_z): n = global grad norm after 1, before 3; n is stored (if
+     finite; the last `norm_window` = 100 are kept, n included) and once `min_norms` = 10
+     norms are stored INCLUDING n, z = (n - mean(prev))/std(prev) over the stored norms
+     before n (population std; up to 99), as §14.1 and upstream; z > spike_z -> soft reset:
+     exp_avg *= 0.5, exp_avg_sq *= 0.9. `spike_test_previous` = the project's earlier rule
+     (the test needs 10 PREVIOUS norms, window of 100 previous), which misses a spike at
+     the 10th step
   3. global grad-norm clip (grad_clip; 0 = off)
   4. periodic reset (reset_interval): the ONE counter advances by 1 per step (by 2 with
      `legacy_double_count`, upstream's bug: resets every interval/2 steps); when it hits a
@@ -34,7 +38,7 @@ class AdamWSPAM(torch.optim.AdamW):
                  grad_clip: float = 1.0, spike_clip_theta: float | None = None,
                  spike_z: float | None = None, reset_interval: int | None = None,
                  rewarm_steps: int | None = None, legacy_double_count: bool = False,
-                 norm_window: int = 100, min_norms: int = 10):
+                 spike_test_previous: bool = False, norm_window: int = 100, min_norms: int = 10):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          amsgrad=amsgrad, fused=fused)
         self.grad_clip = grad_clip
@@ -43,6 +47,7 @@ class AdamWSPAM(torch.optim.AdamW):
         self.reset_interval = reset_interval or None
         self.rewarm_steps = rewarm_steps or None
         self.legacy_double_count = legacy_double_count
+        self.spike_test_previous = spike_test_previous
         self.norm_window = norm_window
         self.min_norms = min_norms
         # everything below goes into state_dict()["spam"]
@@ -52,6 +57,7 @@ class AdamWSPAM(torch.optim.AdamW):
         self.spikes = 0             # soft resets triggered by a grad-norm spike
         self.resets = 0             # periodic resets
         self.clipped = 0            # gradient entries clipped by part 1
+        self.last_clip_frac = 0.0   # fraction of gradient entries part 1 clipped at the last step
         self.skipped = 0            # updates skipped for a non-finite grad norm
         self.last_grad_norm = float("nan")
         self.last_lr_factor = 1.0
@@ -65,8 +71,10 @@ class AdamWSPAM(torch.optim.AdamW):
         params = self._params()
 
         # 1. spike-aware element clip, bounded by the raw second moment
+        self.last_clip_frac = 0.0
         if self.spike_clip_theta is not None:
             n_clipped = torch.zeros((), dtype=torch.long, device=params[0].device) if params else None
+            n_total = sum(p.numel() for p in params)
             for p in params:
                 st = self.state.get(p)
                 if not st or "exp_avg_sq" not in st:
@@ -75,20 +83,25 @@ class AdamWSPAM(torch.optim.AdamW):
                 n_clipped += (p.grad.abs() > thr).sum()
                 torch.clamp_(p.grad, min=-thr, max=thr)
             if n_clipped is not None:
-                self.clipped += int(n_clipped)
+                n = int(n_clipped)
+                self.clipped += n
+                self.last_clip_frac = n / max(1, n_total)
 
         # 2. + 3. global norm (after 1), spike test against the previous norms, global clip
         max_norm = self.grad_clip if self.grad_clip and self.grad_clip > 0 else float("inf")
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
         self.last_grad_norm = norm
         finite = math.isfinite(norm)
-        if self.spike_z is not None and finite:
-            prev = self.norms
-            if len(prev) >= self.min_norms:
-                mean = sum(prev) / len(prev)
-                std = math.sqrt(sum((x - mean) ** 2 for x in prev) / len(prev))
-                if std > 0 and (norm - mean) / std > self.spike_z:
-                    self._soft_reset()
+        if self.spike_test_previous:   # the project's earlier rule: 10 previous norms needed
+            enough, prev = len(self.norms) >= self.min_norms, self.norms
+        else:                          # §14.1: 10 stored including this one, window 99 + this
+            prev = self.norms[-(self.norm_window - 1):] if self.norm_window > 1 else []
+            enough = len(prev) + 1 >= self.min_norms
+        if self.spike_z is not None and finite and enough and prev:
+            mean = sum(prev) / len(prev)
+            std = math.sqrt(sum((x - mean) ** 2 for x in prev) / len(prev))
+            if std > 0 and (norm - mean) / std > self.spike_z:
+                self._soft_reset()
         if finite:
             self.norms = (self.norms + [norm])[-self.norm_window:]
 
@@ -135,7 +148,8 @@ class AdamWSPAM(torch.optim.AdamW):
 
     def spam_stats(self) -> dict[str, float]:
         return {"spikes": self.spikes, "resets": self.resets, "clipped": self.clipped,
-                "skipped": self.skipped, "counter": self.counter, "lr_factor": self.last_lr_factor}
+                "skipped": self.skipped, "counter": self.counter, "lr_factor": self.last_lr_factor,
+                "clip_frac": self.last_clip_frac}
 
     # plain JSON-able values next to torch's state, so torch.load(weights_only=True) works
     def state_dict(self):
@@ -169,4 +183,5 @@ def build_optimizer(model, cfg, fused: bool = False) -> AdamWSPAM:
         reset_interval=o.spam.reset_interval if spam else None,
         rewarm_steps=o.spam.rewarm_steps if spam else None,
         legacy_double_count=o.spam.legacy_double_count if spam else False,
+        spike_test_previous=o.spam.spike_test_previous if spam else False,
     )

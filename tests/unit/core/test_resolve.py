@@ -67,7 +67,7 @@ def test_every_architecture_key_is_present_in_order() -> None:
     assert cfg["train"]["budget"] == {"seconds": 60.0, "iters": None, "tokens": None}
     assert cfg["optimizer"]["spam"] == {"spike_clip_theta": 50.0, "spike_z": 2.0,
                                         "reset_interval": 1000, "rewarm_steps": 1000,
-                                        "legacy_double_count": False}
+                                        "legacy_double_count": False, "spike_test_previous": False}
     assert cfg["wandb"] == {"mode": "offline", "project": None, "entity": None}
     assert cfg["data"] == {"dataset": "kjv", "tokenizer": "gpt2"}
 

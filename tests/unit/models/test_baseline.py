@@ -103,7 +103,7 @@ def test_causality_future_tokens_do_not_change_the_past():
 
 def test_param_counts_by_part_and_weight_tying():
     model = GPT(CFG)
-    C, V, T, L, F = CFG.n_embd, CFG.vocab_size, CFG.block_size, CFG.n_layer, CFG.d_ff
+    C, V, T, L, F = CFG.n_embd, CFG.vocab_size, CFG.block_size, CFG.n_layer, CFG.mlp_width
     counts = model.param_counts()
     assert counts["embedding"] == V * C + T * C           # tied head counted once
     assert counts["attention"] == L * (C * 3 * C + 3 * C + C * C + C)

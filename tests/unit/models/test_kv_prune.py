@@ -44,12 +44,10 @@ def kv_cfg(**knobs):
     return cfg(attn="kv_prune", attn_knobs=knobs)
 
 
-def reference_cache(q: torch.Tensor, k: torch.Tensor, n_keep: int, recency: int) -> torch.Tensor:
-    """A heavy-hitter KV cache simulated token by token, for one (batch, head); q, k (T, D).
-
-    Before answering query i the cache holds the last r = min(recency, n_keep) tokens and the
-    n_keep - r older tokens with the largest score, the attention mass each received from
-    the queries answered so far; then query i's causal softmax is added to the scores."""
+def reference_oracle(q: torch.Tensor, k: torch.Tensor, n_keep: int, recency: int) -> torch.Tensor:
+    """The `oracle` rule, row by row, for one (batch, head); q, k (T, D): query i keeps the
+    last r = min(recency, n_keep) tokens and the n_keep - r older tokens with the largest
+    FULL causal attention mass from the queries before i (re-ranked at every query)."""
     T_, D = q.shape
     r = min(recency, n_keep)
     score = [0.0] * T_
@@ -100,15 +98,16 @@ def test_causal_at_every_position(knobs):
 
 
 @pytest.mark.parametrize("n_keep,recency", [(12, 4), (8, 1), (20, 16), (5, 9), (31, 3)])
-def test_kept_set_equals_a_heavy_hitter_cache_simulated_token_by_token(n_keep, recency):
+def test_oracle_policy_keeps_the_top_full_attention_mass_at_every_query(n_keep, recency):
     torch.manual_seed(n_keep + recency)
-    attn = KVPrunedAttention(kv_cfg(k=n_keep, recency=recency), Knobs(k=n_keep, recency=recency), 0).double()
+    kn = dict(k=n_keep, recency=recency, policy="oracle")
+    attn = KVPrunedAttention(kv_cfg(**kn), Knobs(**kn), 0).double()
     x = torch.randn(2, T, N_EMBD, dtype=torch.float64)
     q, k, v = qkv(attn, x)
     got = attn.kept_mask(q, k, n_keep)  # (B, H, T, T)
     for b in range(2):
         for h in range(N_HEAD):
-            want = reference_cache(q[b, h], k[b, h], n_keep, recency)
+            want = reference_oracle(q[b, h], k[b, h], n_keep, recency)
             assert torch.equal(got[b, h], want), f"b={b} h={h}: rows {torch.nonzero((got[b, h] != want).any(-1)).flatten().tolist()}"
     assert torch.equal(got.sum(-1)[0, 0], torch.clamp(torch.arange(1, T + 1), max=n_keep))
     # the module attends over exactly that set, renormalised
@@ -141,8 +140,9 @@ def test_on_differs_from_off(knobs):
     assert diff > 1e-4
 
 
-def test_v_only_and_kv_give_the_same_outputs_but_different_caches():
-    a, b = build(kv_cfg(k=12, recency=4)), build(kv_cfg(k=12, recency=4, mode="kv"))
+def test_v_only_and_kv_give_the_same_outputs_under_oracle_but_different_caches():
+    a = build(kv_cfg(k=12, recency=4, policy="oracle"))
+    b = build(kv_cfg(k=12, recency=4, mode="kv", policy="oracle"))
     assert torch.equal(logits(a, tokens()), logits(b, tokens()))
     sa, sb = a.transformer.h[0].attn.get_stats(), b.transformer.h[0].attn.get_stats()
     assert sa["kv_cache_bytes"] == (T + 12) * N_EMBD * 2 and sb["kv_cache_bytes"] == 2 * 12 * N_EMBD * 2
@@ -230,6 +230,8 @@ def test_one_step_lowers_loss(knobs):
 
 @pytest.mark.parametrize("bad,msg", [
     (dict(mode="k_only"), "mode must be one of"),
+    (dict(policy="lru"), "policy must be one of"),
+    (dict(recency_frac=0.0), "recency_frac must be in"),
     (dict(k=0), "k must be >= 1"),
     (dict(keep_ratio=0.0), "keep_ratio must be in"),
     (dict(recency=0), "recency must be >= 1"),

@@ -166,3 +166,20 @@ def test_kvsplice_is_declared_a_post_training_knob():
 
     from models.mechanisms.kv_prune import Knobs
     assert Knobs.POST_TRAIN == {"kvsplice"} and Knobs.POST_TRAIN <= {f.name for f in fields(Knobs)}
+
+
+def test_a_fitted_splice_runs_in_float64_after_double():
+    """compress / decompress follow the buffers' dtype: `.double()` works and is exact."""
+    X = structured_values(2000)
+    splice = KVSplice(HEAD_DIM, SpliceKnobs(k=3, epochs=1, lr=1e-2))
+    splice.fit(X, generator=torch.Generator().manual_seed(0))
+    s64 = splice.double()
+    v = X[:50].double()
+    c = s64.compress(v)
+    assert c.dtype == torch.float64
+    xk, dr, sr, sh = s64.xk, s64.delta_raw, s64.scale_raw, s64.shift
+    want_c = (spline_forward(v, xk, dr, sr, sh) - s64.mu) @ s64.Vk
+    assert (c - want_c).abs().max().item() < 1e-14
+    r = s64.roundtrip(v)
+    want_r = spline_inverse(want_c @ s64.Vk.T + s64.mu, xk, dr, sr, sh)
+    assert r.dtype == torch.float64 and (r - want_r).abs().max().item() < 1e-14

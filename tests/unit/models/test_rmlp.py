@@ -91,8 +91,8 @@ def test_expansion_ratio_is_honoured():
     for exp in (4.0, 2.6666666667, 5.0):
         m = build(rmlp_cfg(R_ff=R_FF) if exp == 4.0 else cfg(mlp="rmlp", mlp_knobs=dict(R_ff=R_FF), mlp_expansion=exp))
         mlp = m.transformer.h[0].mlp
-        assert mlp.c_fc.out_features == int(exp * N_EMBD) == mlp.d_std + R_FF
-        assert mlp.c_proj.in_features == int(exp * N_EMBD)
+        assert mlp.c_fc.out_features == round(exp * N_EMBD) == mlp.d_std + R_FF
+        assert mlp.c_proj.in_features == round(exp * N_EMBD)
 
 
 @pytest.mark.parametrize("knobs", VARIANTS, ids=IDS)
@@ -263,7 +263,7 @@ def test_R_ff_frac_scales_the_reciprocal_width_with_the_preset():
     assert Knobs(R_ff_frac=0.375).width(512) == 192
     assert Knobs().width(3072) == 64 and Knobs(R_ff=256).width(3072) == 256
     m = build(cfg(mlp="rmlp", mlp_knobs={"R_ff_frac": 0.25}))
-    assert m.transformer.h[0].mlp.R_ff == round(0.25 * m.config.d_ff)
+    assert m.transformer.h[0].mlp.R_ff == round(0.25 * m.config.mlp_width)
     assert Knobs(R_ff=64, R_ff_frac=0.5).width(512) == 256  # the fraction replaces R_ff
     for bad in ({"R_ff_frac": 1.0}, {"R_ff_frac": 0.0}, {"R_ff": 0}):
         with pytest.raises(ValueError):

@@ -226,3 +226,29 @@ def test_cpu_setup_is_float32_without_compile_and_sets_no_global_state():
     assert torch.get_float32_matmul_precision() == before
     with pytest.raises(ValueError, match="no CUDA device is visible"):
         setup_device("cuda")
+
+
+def test_spam_clip_fraction_and_learned_keep_ratio_grads_are_logged(token_dir, tmp_path):
+    """Visible instead of silent (issue 14): every log record carries the fraction of gradient
+    entries SPAM clipped at that step, and a learned KV keep ratio logs its value and the
+    norms of its LM and cost gradients (the cost part analytic, the LM part the rest)."""
+    raw = run_config(budget={"iters": 10}, eval_every=100)
+    raw["model"] = {**raw["model"], "attn": "kv_prune",
+                    "attn_knobs": {"keep_ratio": 0.382, "recency": 2, "learned": True, "cost": 0.5}}
+    cfg = TrainConfig.from_dict(raw)
+    gcfg = GPTConfig.from_dict({**cfg.gpt_config().to_dict(), "vocab_size": 320})
+    torch.manual_seed(cfg.seed)
+    model = GPT(gcfg)
+    opt = build_optimizer(model, cfg)
+    sink = ListSink()
+    train(cfg, model, opt, Batches(token_dir, gcfg.block_size, cfg.train.batch_size, cfg.seed), Clock(),
+          sink, device=setup_device("cpu", "float32"), log=lambda _line: None)
+    clip = sink.series("spam_clip_frac")
+    assert [it for it, _ in clip] == [5, 10] and all(0.0 <= v <= 1.0 for _, v in clip)
+    assert clip[-1][1] > 0.0  # the element clip acts after the first step (upstream's 76 %)
+    ratio = dict(sink.series("kv_keep_ratio"))
+    lm, cost = dict(sink.series("kv_keep_ratio_lm_grad")), dict(sink.series("kv_keep_ratio_cost_grad"))
+    assert set(ratio) == set(lm) == set(cost) == {5, 10}
+    assert 0.0 < ratio[10] < 1.0 and lm[10] > 0.0
+    L = gcfg.n_layer
+    assert cost[5] == pytest.approx(math.sqrt(L) * 0.5 / L * ratio[5] * (1 - ratio[5]), rel=0.05)

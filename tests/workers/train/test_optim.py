@@ -156,3 +156,45 @@ def test_state_dict_roundtrip_with_weights_only_load():
         opt.step()
         opt2.step()
     assert all(torch.equal(a, b) for a, b in zip(params, params2, strict=False))
+
+
+def _spike_run(spike_at: int, **kw) -> int:
+    params = _params()
+    opt = AdamWSPAM(params, lr=1e-3, grad_clip=0.0, spike_z=2.0, **kw)
+    for step in range(spike_at + 1):
+        _grads(step, params, scale=100.0 if step == spike_at else 1.0)
+        opt.step()
+    return opt.spikes
+
+
+def test_spike_test_runs_once_ten_norms_are_stored_including_the_current_one():
+    """§14.1 / upstream: the z test runs once 10 norms are stored including this one (9
+    previous), so a spike at step index 9 (the 10th norm) is caught; the earlier rule
+    (10 previous norms needed) only behind `spike_test_previous`."""
+    assert _spike_run(9) == 1
+    assert _spike_run(8) == 0                       # 9 stored including the spike: no test yet
+    assert _spike_run(9, spike_test_previous=True) == 0
+    assert _spike_run(10, spike_test_previous=True) == 1
+
+
+def test_spike_window_is_99_previous_norms_plus_the_current():
+    params = _params()
+    opt = AdamWSPAM(params, lr=1e-3, grad_clip=0.0, spike_z=2.0)
+    for step in range(150):
+        _grads(step, params)
+        opt.step()
+    assert len(opt.norms) == 100 and opt.norms[-1] == opt.last_grad_norm
+
+
+def test_clip_fraction_of_the_last_step():
+    params = _params()
+    opt = AdamWSPAM(params, lr=1e-3, grad_clip=0.0, spike_clip_theta=50.0)
+    _grads(0, params)
+    opt.step()
+    assert opt.spam_stats()["clip_frac"] == 0.0
+    _grads(1, params)
+    params[0].grad[0, 0] = 1e4
+    params[0].grad[1, 1] = -1e4
+    opt.step()
+    assert opt.spam_stats()["clip_frac"] == pytest.approx(opt.clipped / 36)
+    assert opt.clipped >= 2

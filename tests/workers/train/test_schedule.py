@@ -21,7 +21,7 @@ def test_budget_horizon_anneals_to_min_lr_with_time():
     s = LRSchedule(lr=6e-4, min_lr=6e-5, warmup=20, horizon="budget")
     b = Budget(max_train_s=30.0)
     # a time-budgeted run that only reached iteration 300 of a 10000 horizon
-    lrs = [s(300, b.progress(300, 0, t, horizon_iters=10000)) for t in (0.0, 15.0, 29.0, 30.0)]
+    lrs = [s(300, b.progress(300, 0, t, horizon_iters=10000), 0.0) for t in (0.0, 15.0, 29.0, 30.0)]
     assert lrs[0] == pytest.approx(6e-4, rel=0.01)   # it/max_iters = 0.03
     assert lrs[1] == pytest.approx(6e-5 + 0.5 * (6e-4 - 6e-5))  # time wins: 0.5
     assert abs(lrs[2] - 6e-5) / 6e-5 < 0.10
@@ -61,3 +61,21 @@ def test_coupling_warmup_fraction_steps_and_off():
     # iteration budget: warm = 0.1 * total steps, cs = step / warm (§9)
     b = Budget(max_iters=1000)
     assert cw(50, b.progress(50, 0, 0.0)) == pytest.approx(0.5)
+
+
+def test_budget_horizon_peaks_at_exactly_lr_then_cosine_from_lr():
+    """§1.3: warm up to lr, then cosine from lr. At the seeds' pace (2,060 iterations in
+    7,200 s, warmup 200) the old warm(it) * cosine(progress) peaked at 5.875e-4."""
+    s = LRSchedule(lr=6e-4, min_lr=6e-5, warmup=200, horizon="budget", max_iters=10000)
+    b = Budget(max_train_s=7200.0)
+    per_it = 7200.0 / 2060
+    prog = [b.progress(it, 0, it * per_it, horizon_iters=10000) for it in range(2061)]
+    pw = prog[200]
+    lrs = [s(it, prog[it], pw) for it in range(2061)]
+    assert lrs[200] == 6e-4
+    assert max(lrs) == 6e-4
+    assert lrs[199] == pytest.approx(6e-4 * 199 / 200)
+    assert lrs[2060] == pytest.approx(6e-5)
+    assert all(a >= b for a, b in zip(lrs[200:], lrs[201:], strict=False))
+    # without a recorded warmup point the default p_w = warmup / max_iters keeps the peak
+    assert s(200, 200 / 10000) == 6e-4
