@@ -33,7 +33,7 @@ from orchestrator.core.plan import StudyPlan
 from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
 from orchestrator.core.states import TERMINAL, AttemptState, FailureKind, can_transition
 from orchestrator.core.views import Snapshot
-from orchestrator.queue import history, reads
+from orchestrator.queue import history, migrate, reads
 from orchestrator.queue.db import READ_ONLY, describe_error, make_engine, redact_url
 from orchestrator.queue.history import StudyHistory
 from orchestrator.queue.schema import (
@@ -101,7 +101,8 @@ class QueueRepo:
     @classmethod
     def open(cls, url: str, *, check_schema: bool = True) -> QueueRepo:
         """A repo on a new engine for `url` (SchemaOutOfDate unless at head, when checked)."""
-        return cls(make_engine(url, check_schema=check_schema), label=redact_url(url))
+        engine = migrate.open_checked(url) if check_schema else make_engine(url)
+        return cls(engine, label=redact_url(url))
 
     def close(self) -> None:
         """Close every pooled connection."""
