@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from orchestrator.core.ids import config_hash
 from workers.train import artifacts
 
 EXIT_FOR_STATUS = {
@@ -57,11 +58,6 @@ class StopFlag:
             print(f"received signal {signum} before training started: stopping now", flush=True)
             raise Interrupted(signum)
         print(f"received signal {signum}: finishing the iteration, then checkpointing", flush=True)
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the sorted, compact JSON of the resolved config (docs/architecture.md)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _now() -> str:

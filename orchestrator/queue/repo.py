@@ -20,6 +20,7 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from orchestrator.core import states
 from orchestrator.core.errors import (
     DatabaseUnavailable,
     LeaseLost,
@@ -53,8 +54,8 @@ logger = logging.getLogger(__name__)
 QUEUED = AttemptState.QUEUED.value
 CLAIMED = AttemptState.CLAIMED.value
 RUNNING = AttemptState.RUNNING.value
-LEASED = (CLAIMED, RUNNING)
-LIVE = (QUEUED, CLAIMED, RUNNING)
+LEASED = states.values(states.LEASED)
+LIVE = states.values(states.LIVE)
 PROGRESS_KEYS: dict[str, type] = {
     "iter": int, "tokens": int, "train_s": float, "fraction": float,
     "loss": float, "val_loss": float, "best_val_loss": float, "lr": float,

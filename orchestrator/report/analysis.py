@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.core.imported import IMPORTED_KEY
 from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
+from orchestrator.core.states import TERMINAL, AttemptState
 
 DEFAULT_METRIC = "best_val_loss"
 SINGLE_SEED_FLOOR = 0.02
@@ -32,8 +33,7 @@ GATE_CLOSED = 1e-3
 GRAD_ZERO = 1e-12
 HIGHER_IS_BETTER = frozenset({"tokens_per_s"})
 GATE_WORDS = ("gate", "w_rec", "w_std", "alpha", "attn_scale")
-SUCCEEDED = "succeeded"
-TERMINAL = frozenset({"succeeded", "failed", "timed_out", "lost", "cancelled"})
+SUCCEEDED = AttemptState.SUCCEEDED.value
 COMPARE_CONDITIONS = ("worse_than", "not_better_than", "better_than")
 FLAG_CONDITIONS = ("outside_expected", "diverged", "gate_collapsed", "no_gradient", "failed",
                    "slower")

@@ -42,7 +42,7 @@ def _config(base: dict[str, Any], step: str, **train: Any) -> dict[str, Any]:
 
 
 def submit_study(url: str, base: dict[str, Any], clock: Any, **v0_train: Any) -> None:
-    from workers.run_attempt import config_hash
+    from orchestrator.core.ids import config_hash
 
     v0 = _config(base, "V0", **v0_train)
     v1 = _config(base, "V1", **v0_train)

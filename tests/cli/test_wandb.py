@@ -74,8 +74,8 @@ def test_wandb_cli_dry_run_finds_the_run_file(attempt: OfflineAttempt) -> None:
 
 
 def test_wandb_records_hold_config_tags_and_val_loss(attempt: OfflineAttempt) -> None:
+    from orchestrator.core.ids import config_hash
     from orchestrator.tracking.runfile import find_run_file, read_offline_run, records
-    from workers.run_attempt import config_hash
 
     run_file = find_run_file(attempt.outdir)
     kinds = [r.WhichOneof("record_type") for r in records(run_file)]
