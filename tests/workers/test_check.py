@@ -11,7 +11,7 @@ from models.presets import PRESETS, TOKENIZER_VOCAB
 from orchestrator.core.loader import spec_from_text
 from orchestrator.core.plan import StudyPlan
 from orchestrator.core.resolve import Overrides, resolve
-from workers.check import StepCheck, check_model, check_plan
+from workers.check import CheckError, StepCheck, check_model, check_plan
 
 HEAD = """
 study: chk
@@ -75,6 +75,14 @@ def test_bad_knobs_and_names_are_one_line_errors_naming_the_part():
     assert e["V4"] == "attention.mla: ra_ct must be one of topk, max, entropy, rms or null, got 'mean'"
     for s in ("V1", "V2", "V3", "V4"):
         assert not checks[s].ok and "\n" not in e[s] and checks[s].causal is None
+    # the same, as data (the submit path maps it to the YAML path without reading the text)
+    at = {s: checks[s].error_at for s in ("V1", "V2", "V4")}
+    assert at["V1"] == CheckError(part="mlp", slot="mlp", mechanism="reciprocal_mlp",
+                                  knob="gates", message=e["V1"].removeprefix("mlp.reciprocal_mlp: "))
+    assert at["V2"] == CheckError(part="attention", slot="attention", mechanism="mla2",
+                                  message=e["V2"].removeprefix("attention: "))
+    assert at["V4"] is not None and (at["V4"].slot, at["V4"].mechanism, at["V4"].knob) == (
+        "attention", "mla", None)
 
 
 def test_a_future_leak_fails_the_step():
@@ -94,6 +102,9 @@ def test_an_enabled_knob_that_changes_nothing_fails_and_forced_gates_only_warn()
     assert v1.mechanisms_active is False and not v1.ok
     assert v1.error == ("probe: mlp.reciprocal_mlp.cross_rank=8 changes neither the output nor a "
                         "training step (same weights with cross_rank=None)")
+    assert v1.error_at is not None and (v1.error_at.part, v1.error_at.slot, v1.error_at.mechanism,
+                                        v1.error_at.knob) == ("probe", "mlp", "reciprocal_mlp",
+                                                              "cross_rank")
     assert v2.ok and v2.mechanisms_active is True
     assert any("force_gates_open makes it the identity" in w for w in v2.warnings)
 
