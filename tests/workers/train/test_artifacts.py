@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 
@@ -80,3 +81,18 @@ def test_the_jsonl_sink_writes_records_the_reader_parses(tmp_path: Path) -> None
     assert artifacts.parse_metric_record(json.loads(line)) == {
         "iter": 10, "tokens": 1280, "train_s": 1.2346,
         "values": {"loss": 3.5, "val_loss": None, "best_val_loss": None}}
+
+
+def test_the_queue_side_spells_the_same_keys() -> None:
+    """orchestrator.queue may not import workers (layer rule), so it names the keys it copies
+    into columns itself; they must be keys of the schema, with the schema's number types."""
+    from orchestrator.cli.resume_cmd import _RESULT_SUMMARY
+    from orchestrator.queue.repo import PROGRESS_KEYS, RESULT_TO_COLUMN
+
+    progress = get_type_hints(artifacts.Progress)
+    assert set(PROGRESS_KEYS) <= set(progress)
+    for key, kind in PROGRESS_KEYS.items():
+        assert kind is progress[key] or kind in get_args(progress[key]), (key, progress[key])
+    assert set(RESULT_TO_COLUMN) <= set(artifacts.RESULT_KEYS)
+    assert set(RESULT_TO_COLUMN.values()) <= set(PROGRESS_KEYS)
+    assert set(_RESULT_SUMMARY) <= set(artifacts.RESULT_KEYS)
