@@ -35,6 +35,7 @@ def by_step(checks: list[StepCheck]) -> dict[str, StepCheck]:
     return {c.step: c for c in checks}
 
 
+@pytest.mark.slow
 def test_valid_steps_pass_with_counts_ratio_causality_and_mechanisms():
     p = plan("""
   V1: {parent: V0, attention: {mla: {latent_dim: 32, ra_alpha: 0.3}}}
@@ -93,6 +94,7 @@ def test_a_future_leak_fails_the_step():
     assert c.error.startswith("probe: not causal")
 
 
+@pytest.mark.slow
 def test_an_enabled_knob_that_changes_nothing_fails_and_forced_gates_only_warn():
     checks = by_step(check_plan(plan("""
   V1: {parent: V0, attention: {mla: {}}, mlp: {reciprocal_mlp: {cross_rank: 8}}}
@@ -109,6 +111,7 @@ def test_an_enabled_knob_that_changes_nothing_fails_and_forced_gates_only_warn()
     assert any("force_gates_open makes it the identity" in w for w in v2.warnings)
 
 
+@pytest.mark.slow
 def test_identical_models_are_flagged_with_knob_defaults_filled_in():
     checks = by_step(check_plan(plan("""
   V1: {parent: V0, attention: {mla: {}}}
@@ -123,6 +126,7 @@ def test_identical_models_are_flagged_with_knob_defaults_filled_in():
     assert all(c.ok for c in checks.values())
 
 
+@pytest.mark.slow
 def test_steps_filter_and_big_models_probe_at_a_shrunken_size():
     p = plan("""
   V1: {parent: V0, attention: {mla: {latent_dim: 128, ra_alpha: 0.3}},
@@ -148,6 +152,7 @@ def test_check_model_accepts_a_resolved_model_dict_directly():
     assert not bad.ok and bad.error.startswith("model: n_embd (64) must be divisible by n_head (5)")
 
 
+@pytest.mark.slow
 def test_a_post_train_knob_is_not_probed_in_the_forward_but_said_so():
     # KVSplice (C1-C3) acts through the trainer's post_train hook on the trained model; the
     # forward probe must neither call it inert nor stay silent about it

@@ -94,6 +94,7 @@ def test_parameter_count_is_the_baseline(knobs):
     assert counts["mechanism"] == (N_LAYER if knobs.get("learned") else 0)  # one ratio logit per layer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("knobs", VARIANTS, ids=IDS)
 def test_causal_at_every_position(knobs):
     assert_causal(build(kv_cfg(**knobs)))
@@ -196,6 +197,7 @@ def test_learned_forward_equals_the_hard_mask_at_the_same_k():
     torch.testing.assert_close(logits(learned, tokens()), logits(hard, tokens()))
 
 
+@pytest.mark.slow
 def test_learned_ratio_moves_during_training():
     torch.manual_seed(0)
     moves = {}

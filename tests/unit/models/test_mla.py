@@ -132,6 +132,7 @@ def test_sdpa_path_equals_the_explicit_attention_matrix():
     assert all(b.attn.explicit for b in build(cfg(mlp="reciprocal_mlp", mlp_knobs=dict(cross=True))).transformer.h)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("knobs", [
     dict(latent_dim=L),
     dict(latent_dim=L, ra_alpha=0.5, ra_window=4),
@@ -141,6 +142,7 @@ def test_causal_at_every_position(knobs):
     assert_causal(build(cfg(attn_knobs=knobs)))
 
 
+@pytest.mark.slow
 def test_full_gen2_model_is_causal_at_every_position():
     m = build(cfg(attn_knobs=dict(latent_dim=L, ra_alpha=0.5, ra_window=4, ra_ct="entropy"),
                   mlp="reciprocal_mlp", mlp_knobs=FULL_MLP))

@@ -74,6 +74,7 @@ def test_parameter_count_is_two_per_head_per_layer():
     assert ct["mechanism"] == N_LAYER * 2 * N_HEAD
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("apply", ["output", "weights"])
 def test_causal_at_every_position(mode, apply):

@@ -95,6 +95,7 @@ def test_expansion_ratio_is_honoured():
         assert mlp.c_proj.in_features == int(exp * N_EMBD)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("knobs", VARIANTS, ids=IDS)
 def test_causal_at_every_position(knobs):
     assert_causal(build(rmlp_cfg(**knobs)))

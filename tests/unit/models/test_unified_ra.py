@@ -115,6 +115,7 @@ def test_parameter_count_is_baseline_plus_gates(knobs):
     assert counts["mechanism"] == N_LAYER * (n_gates + n_rwr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("knobs", VARIANTS, ids=IDS)
 def test_causal_at_every_position(knobs):
     assert_causal(build(ra_cfg(**knobs)))
