@@ -6,7 +6,12 @@ import math
 
 import pytest
 import torch
-from gen3_helpers import (
+
+from models import registry
+from models.context import BlockContext
+from models.gpt2 import GPT
+from models.mechanisms.kv_prune import Knobs, KVPrunedAttention, heavy_hitter_keep
+from tests.unit.models.gen3_helpers import (
     HEAD_DIM,
     N_EMBD,
     N_HEAD,
@@ -24,11 +29,6 @@ from gen3_helpers import (
     one_step_lowers_loss,
     tokens,
 )
-
-from models import registry
-from models.context import BlockContext
-from models.gpt2 import GPT
-from models.mechanisms.kv_prune import Knobs, KVPrunedAttention, heavy_hitter_keep
 
 VARIANTS = [
     dict(k=12, recency=4),

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from gen3_helpers import HEAD_DIM, N_EMBD, N_HEAD, N_LAYER, T, batch, build, cfg, tokens
 
 from models.mechanisms.kv_prune import KVPrunedAttention
 from models.mechanisms.kvsplice import (
@@ -18,6 +17,17 @@ from models.mechanisms.kvsplice import (
     quantile_knots,
     spline_forward,
     spline_inverse,
+)
+from tests.unit.models.gen3_helpers import (
+    HEAD_DIM,
+    N_EMBD,
+    N_HEAD,
+    N_LAYER,
+    T,
+    batch,
+    build,
+    cfg,
+    tokens,
 )
 
 

@@ -6,7 +6,11 @@ import math
 
 import pytest
 import torch
-from gen2_helpers import (
+
+from models import registry
+from models.context import BlockContext
+from models.mechanisms.mla import Knobs, MLAAttention
+from tests.unit.models.gen2_helpers import (
     N_EMBD,
     N_HEAD,
     N_LAYER,
@@ -20,10 +24,6 @@ from gen2_helpers import (
     same_weights,
     tokens,
 )
-
-from models import registry
-from models.context import BlockContext
-from models.mechanisms.mla import Knobs, MLAAttention
 
 L = 32
 FULL_MLP = dict(gate=True, cross=True, recip=True)

@@ -6,7 +6,9 @@ import math
 
 import pytest
 import torch
-from gen2_helpers import (
+
+from models.mechanisms.ra_ct import RACTGate, RACTKnobs, row_statistic
+from tests.unit.models.gen2_helpers import (
     N_HEAD,
     N_LAYER,
     assert_causal,
@@ -19,8 +21,6 @@ from gen2_helpers import (
     same_weights,
     tokens,
 )
-
-from models.mechanisms.ra_ct import RACTGate, RACTKnobs, row_statistic
 
 L = 32
 MODES = ["topk", "max", "entropy", "rms"]

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gen2_helpers import (
+
+from models import registry
+from models.context import BlockContext
+from models.mechanisms.reciprocal_mlp import Knobs, ReciprocalMLP
+from tests.unit.models.gen2_helpers import (
     N_EMBD,
     N_HEAD,
     N_LAYER,
@@ -18,10 +22,6 @@ from gen2_helpers import (
     same_weights,
     tokens,
 )
-
-from models import registry
-from models.context import BlockContext
-from models.mechanisms.reciprocal_mlp import Knobs, ReciprocalMLP
 
 L = 32
 MLA = dict(latent_dim=L)

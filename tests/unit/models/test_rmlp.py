@@ -7,7 +7,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from gen3_helpers import (
+
+from models import registry
+from models.context import BlockContext
+from models.gpt2 import GPT
+from models.mechanisms.rmlp import Knobs, ReciprocalMLP
+from tests.unit.models.gen3_helpers import (
     D_FF,
     N_EMBD,
     N_LAYER,
@@ -22,11 +27,6 @@ from gen3_helpers import (
     one_step_lowers_loss,
     tokens,
 )
-
-from models import registry
-from models.context import BlockContext
-from models.gpt2 import GPT
-from models.mechanisms.rmlp import Knobs, ReciprocalMLP
 
 R_FF = 48
 VARIANTS = [

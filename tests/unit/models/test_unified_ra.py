@@ -8,7 +8,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from gen3_helpers import (
+
+from models import registry
+from models.context import BlockContext
+from models.layers import CausalSelfAttention, NoKnobs
+from models.mechanisms.unified_ra import Knobs, UnifiedReciprocalAttention
+from tests.unit.models.gen3_helpers import (
     HEAD_DIM,
     N_EMBD,
     N_HEAD,
@@ -25,11 +30,6 @@ from gen3_helpers import (
     one_step_lowers_loss,
     tokens,
 )
-
-from models import registry
-from models.context import BlockContext
-from models.layers import CausalSelfAttention, NoKnobs
-from models.mechanisms.unified_ra import Knobs, UnifiedReciprocalAttention
 
 VARIANTS = [
     dict(fold="shared"),
