@@ -1,7 +1,7 @@
 """W&B offline runs of a REAL attempt, read back by wandb's own tooling, and `recip wandb sync`.
 
 The attempt is `python -m workers.run_attempt` on a tiny CPU config with wandb offline
-(tests/cli/offline_attempt.py). wandb's CLI (`wandb sync --dry-run`) must find its run file,
+(tests/tracking/offline_attempt.py). wandb's CLI (`wandb sync --dry-run`) must find its run file,
 and wandb's protobuf `Record` must decode the config, the tags and the logged val_loss.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli.app import run
-from tests.cli.offline_attempt import (
+from tests.tracking.offline_attempt import (
     CODE_SHA,
     SEED,
     STEP,
