@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from orchestrator.queue.db import VERSION_TABLE, make_engine
+from orchestrator.queue.db import make_engine
+from orchestrator.queue.migrate import VERSION_TABLE
 
 config = context.config
 
@@ -37,7 +38,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = make_engine(config.get_main_option("sqlalchemy.url") or "", check_schema=False)
+    engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
     try:
         with engine.begin() as conn:
             _configure(connection=conn)

@@ -10,8 +10,6 @@ dropped WITH (FORCE) afterwards, so parallel sessions of several people never co
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import uuid
@@ -23,6 +21,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from orchestrator.core import ids
 from orchestrator.core.plan import RunPlan, StudyPlan
 
 PG_ENV = "RECIP_TEST_PG_URL"
@@ -53,12 +52,6 @@ def fake_clock() -> FakeClock:
 
 
 # -- plans --------------------------------------------------------------------------------
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the sorted compact JSON (the rule of docs/architecture.md)."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 PlanFactory = Callable[..., StudyPlan]
@@ -101,7 +94,7 @@ def plan_factory() -> PlanFactory:
                               **configs.get(step, {})},
                 }
                 runs.append(RunPlan(
-                    step=step, seed=seed, config=config, config_hash=config_hash(config),
+                    step=step, seed=seed, config=config, config_hash=ids.config_hash(config),
                     parent=parents.get(step), description=f"step {step}",
                     priority=priority.get(step, 0) if isinstance(priority, dict) else priority,
                     max_attempts=max_attempts, budget_seconds=budget_seconds,
@@ -110,7 +103,7 @@ def plan_factory() -> PlanFactory:
                 "steps": {s: {"parent": parents.get(s), **configs.get(s, {})} for s in steps}}
         return StudyPlan(
             name=name, description=description,
-            spec_hash=config_hash(spec), spec=spec, runs=tuple(runs), source=source,
+            spec_hash=ids.spec_hash(spec), spec=spec, runs=tuple(runs), source=source,
             code_policy=code_policy, pinned_sha=pinned_sha,
         )
 

@@ -32,12 +32,28 @@ PROBE_HEAD_DIMS = (8, 16, 32)
 
 
 @dataclass(frozen=True)
+class CheckError:
+    """Where a step's model check failed, as data (`recip queue submit` turns it into the
+    spec's YAML path without reading the text): `part` is model, attention, mlp or probe;
+    `slot` (attention or mlp) and `mechanism` name the slot at fault, `knob` the one knob
+    when a single knob is (an unknown or an inert one)."""
+
+    part: str
+    message: str
+    slot: str | None = None
+    mechanism: str | None = None
+    knob: str | None = None
+
+
+@dataclass(frozen=True)
 class StepCheck:
     """What `check_plan` found for one step; `ok` is False when `error` is set or the probe failed."""
 
     step: str
     ok: bool
     error: str | None = None
+    """One line: the part, then the message (`mlp.rmlp: unknown knob ...`)."""
+    error_at: CheckError | None = None
     params: dict[str, int] = field(default_factory=dict)
     attn_mlp_ratio: float = 0.0
     """MLP parameters per attention parameter (the spec's "1:2.5" is 2.5)."""
@@ -65,6 +81,18 @@ class StepCheck:
 
 class _Invalid(Exception):
     """A step's model cannot be built; the message is the StepCheck error line."""
+
+    def __init__(self, line: str, at: CheckError) -> None:
+        super().__init__(line)
+        self.at = at
+
+
+def _invalid(part: str, message: str, *, mechanism: str | None = None,
+             knob: str | None = None, prefix_mechanism: bool = True) -> _Invalid:
+    slot = part if part in ("attention", "mlp") else None
+    where = f"{part}.{mechanism}" if mechanism and prefix_mechanism else part
+    return _Invalid(f"{where}: {message}",
+                    CheckError(part=part, message=message, slot=slot, mechanism=mechanism, knob=knob))
 
 
 def check_plan(plan: StudyPlan, steps: Sequence[str] | None = None) -> list[StepCheck]:
@@ -99,24 +127,27 @@ def check_model(model: Mapping[str, Any], *, step: str = "") -> StepCheck:
         meta_model = _validate(cfg)
         params = {k: v for k, v in meta_model.param_counts().items() if k != "attn_mlp_ratio_x1000"}
     except _Invalid as e:
-        return StepCheck(step=step, ok=False, error=str(e), mechanisms=label)
+        return StepCheck(step=step, ok=False, error=str(e), error_at=e.at, mechanisms=label)
     ratio = params["mlp"] / params["attention"] if params["attention"] else 0.0
     try:
         probe = _probe(cfg)
     except _Invalid as e:
-        return StepCheck(step=step, ok=False, error=str(e), params=params, attn_mlp_ratio=ratio,
-                         mechanisms=label)
+        return StepCheck(step=step, ok=False, error=str(e), error_at=e.at, params=params,
+                         attn_mlp_ratio=ratio, mechanisms=label)
     widths, inert, notes = _width_and_frozen_notes(cfg, meta_model)  # i14
     probe.warnings.extend(notes)
     ok = probe.finite and probe.causal and probe.active is not False
-    error = None
+    at = None
     if not probe.finite:
-        error = "probe: loss or gradients are not finite at init"
+        at = CheckError("probe", "loss or gradients are not finite at init")
     elif not probe.causal:
-        error = f"probe: not causal, earlier logits change when later tokens change ({probe.leak})"
+        at = CheckError("probe", "not causal, earlier logits change when later tokens change "
+                                 f"({probe.leak})")
     elif probe.active is False:
-        error = f"probe: {probe.inert[0]}"
-    return StepCheck(step=step, ok=ok, error=error, params=params, attn_mlp_ratio=ratio,
+        at = probe.inert[0]
+    error = f"probe: {at.message}" if at else None
+    return StepCheck(step=step, ok=ok, error=error, error_at=at, params=params,
+                     attn_mlp_ratio=ratio,
                      causal=probe.causal, mechanisms_active=probe.active, warnings=tuple(probe.warnings),
                      mechanisms=label, probe=probe.shape, widths=widths, frozen_inert=inert)
 
@@ -205,7 +236,7 @@ def _config(model: Mapping[str, Any]) -> GPTConfig:
     try:
         return GPTConfig.from_dict(d)
     except (ValueError, TypeError) as e:
-        raise _Invalid(f"model: {_one_line(e)}") from None
+        raise _invalid("model", _one_line(e)) from None
 
 
 def _validate(cfg: GPTConfig) -> GPT:
@@ -216,9 +247,12 @@ def _validate(cfg: GPTConfig) -> GPT:
         try:
             registry.make_knobs(name, slot, knobs)
         except registry.UnknownMechanismError as e:
-            raise _Invalid(f"{word}: {_one_line(e)}") from None
+            raise _invalid(word, _one_line(e), mechanism=name, prefix_mechanism=False) from None
         except (ValueError, TypeError) as e:
-            raise _Invalid(f"{word}.{name}: {_one_line(e)}") from None
+            known = {f.name for f in dataclasses.fields(registry.get(name, slot).knobs)}
+            unknown = sorted(set(knobs) - known)
+            raise _invalid(word, _one_line(e), mechanism=name,
+                           knob=unknown[0] if unknown else None) from None
     for slot, word in SLOTS:
         name = cfg.attn if slot == "attn" else cfg.mlp
         try:
@@ -226,12 +260,12 @@ def _validate(cfg: GPTConfig) -> GPT:
                 for layer in range(min(cfg.n_layer, 2)):
                     registry.build(slot, cfg, layer)
         except (ValueError, TypeError, AssertionError) as e:
-            raise _Invalid(f"{word}.{name}: {_one_line(e)}") from None
+            raise _invalid(word, _one_line(e), mechanism=name) from None
     try:
         with torch.device("meta"):
             return GPT(cfg)
     except (ValueError, TypeError, AssertionError) as e:
-        raise _Invalid(f"model: {_one_line(e)}") from None
+        raise _invalid("model", _one_line(e)) from None
 
 
 def _label(model: Mapping[str, Any]) -> str:
@@ -278,7 +312,7 @@ class _Probe:
     causal: bool = True
     leak: str = ""
     active: bool | None = None
-    inert: list[str] = field(default_factory=list)
+    inert: list[CheckError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -305,11 +339,11 @@ def _probe(cfg: GPTConfig) -> _Probe:
             except (ValueError, TypeError, AssertionError) as e:
                 last = e
         else:
-            raise _Invalid(f"probe: no shrunken size builds ({_one_line(last or ValueError())})")
+            raise _invalid("probe", f"no shrunken size builds ({_one_line(last or ValueError())})")
         try:
             return _run_probe(model, small)
         except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
-            raise _Invalid(f"probe: forward/backward failed: {type(e).__name__}: {_one_line(e)}") from None
+            raise _invalid("probe", f"forward/backward failed: {type(e).__name__}: {_one_line(e)}") from None
 
 
 def _logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
@@ -354,7 +388,8 @@ def _run_probe(model: GPT, cfg: GPTConfig) -> _Probe:
         return probe
     base = _build(dataclasses.replace(cfg, attn="causal", attn_knobs={}, mlp="gelu", mlp_knobs={}))
     if _same_output(base, model, idx):
-        probe.inert.append("the output equals the GPT-2 baseline built with the same seed")
+        probe.inert.append(CheckError("probe", "the output equals the GPT-2 baseline built "
+                                               "with the same seed"))
     for slot, word in SLOTS:
         probe_inert_knobs(model, cfg, slot, word, idx, probe)
     probe.active = not probe.inert
@@ -422,8 +457,10 @@ def probe_inert_knobs(model: GPT, cfg: GPTConfig, slot: str, word: str, idx: tor
             # acts only after training (KVSplice calibrates on the trained model, §19 #11):
             # it must reach the trainer's post_train hook instead of changing the forward
             if not any(callable(getattr(m, "post_train", None)) for m in model.modules()):
-                probe.inert.append(f"{word}.{name}.{knob}={value!r} acts after training, but no "
-                                   f"module of the model has a post_train hook")
+                probe.inert.append(CheckError(
+                    "probe", f"{word}.{name}.{knob}={value!r} acts after training, but no "
+                             f"module of the model has a post_train hook",
+                    slot=word, mechanism=name, knob=knob))
             else:
                 probe.warnings.append(f"{word}.{name}.{knob}={value!r} acts after training "
                                       f"(post_train); not probed in the forward")
@@ -443,4 +480,4 @@ def probe_inert_knobs(model: GPT, cfg: GPTConfig, slot: str, word: str, idx: tor
             if forced:
                 probe.warnings.append(f"{what}: force_gates_open makes it the identity (§5)")
             else:
-                probe.inert.append(what)
+                probe.inert.append(CheckError("probe", what, slot=word, mechanism=name, knob=knob))

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ATTEMPT_INFO = "attempt.json"
+ATTEMPT_INFO = artifacts.ATTEMPT_INFO
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 
 
@@ -190,7 +190,7 @@ class _Watch:
     tail: JsonlTail
     thinner: MetricThinner
     pending: list[MetricRow] = field(default_factory=list)
-    progress: dict[str, Any] | None = None
+    progress: artifacts.Progress | None = None
     next_heartbeat: float = 0.0
     next_metrics: float = 0.0
     failures: int = 0
@@ -493,9 +493,8 @@ class WorkerLoop:
                   ) -> AttemptOutcome:
         s = self.settings
         claimed = w.claimed
-        result = artifacts.read_json(w.outdir / artifacts.RESULT)
-        result = result if isinstance(result, dict) else None
-        status = result.get("status") if result else None
+        result = artifacts.read_result(w.outdir)
+        status = result["status"] if result else None
         if status == artifacts.STATUS_SUCCEEDED and rc == artifacts.EXIT_OK:
             return self._finish(claimed, w.outdir, AttemptState.SUCCEEDED, None, rc, None, None,
                                 result, w)
@@ -535,12 +534,13 @@ class WorkerLoop:
 
     def _finish(self, claimed: ClaimedAttemptLike, outdir: Path | None, state: AttemptState,
                 kind: FailureKind | None, rc: int | None, error_type: str | None,
-                message: str | None, result: dict[str, Any] | None,
+                message: str | None, result: artifacts.Result | None,
                 w: _Watch | None = None) -> AttemptOutcome:
         def write() -> None:
             self.queue.finish(claimed.attempt_id, self.settings.worker_id, self.clock.now(),
                               state, failure_kind=kind, exit_code=rc, error_type=error_type,
-                              error_message=message, result=result)
+                              error_message=message,
+                              result=dict(result) if result is not None else None)
 
         if w is not None:
             done = self._attempt_write(w, write, retry_until_fenced=True)
@@ -571,9 +571,8 @@ class WorkerLoop:
 
     # --- files -> database ---------------------------------------------------------------
 
-    def _read_progress(self, outdir: Path) -> dict[str, Any] | None:
-        data = artifacts.read_json(outdir / artifacts.PROGRESS)
-        return data if isinstance(data, dict) else None
+    def _read_progress(self, outdir: Path) -> artifacts.Progress | None:
+        return artifacts.read_progress(outdir)
 
     def _expected_records(self, w: _Watch) -> float | None:
         train = w.claimed.config.get("train", {}) if isinstance(w.claimed.config, dict) else {}
@@ -592,7 +591,7 @@ class WorkerLoop:
 
     def _heartbeat(self, w: _Watch, now: float, beat: float) -> object:
         s = self.settings
-        progress = w.progress
+        progress = dict(w.progress) if w.progress is not None else None
         done = self._attempt_write(w, lambda: self.queue.heartbeat(
             w.claimed.attempt_id, s.worker_id, self.clock.now(), self.lease, progress))
         if done is _LOST:
@@ -724,8 +723,8 @@ def attempt_pid(outdir: Path) -> int | None:
     """The pid of a live attempt process of OUTDIR on this host: the pid the trainer writes
     into progress.json, if that process writes its stdout to OUTDIR/stdout.log (a fresh or a
     warm spare interpreter) or runs `workers.run_attempt CONFIG OUTDIR`."""
-    info = artifacts.read_json(outdir / artifacts.PROGRESS)
-    pid = info.get("pid") if isinstance(info, dict) else None
+    info = artifacts.read_progress(outdir)
+    pid = info.get("pid") if info else None
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
         return None
     try:

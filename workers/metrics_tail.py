@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workers.train.artifacts import parse_metric_record
+
 logger = logging.getLogger(__name__)
 
 MetricRow = tuple[str, int, float]
@@ -70,22 +72,20 @@ class MetricThinner:
             return 1
         return max(1, math.ceil(expected / self.max_points))
 
-    def rows(self, record: dict[str, Any]) -> list[MetricRow]:
-        """The rows to store for one JSONL record (non-finite values are dropped)."""
-        values = record.get("values")
-        step = record.get("iter")
-        if not isinstance(values, dict) or not isinstance(step, int):
+    def rows(self, data: object) -> list[MetricRow]:
+        """The rows to store for one decoded JSONL line (a `MetricRecord`; anything else
+        gives none; non-finite and non-number values are dropped)."""
+        record = parse_metric_record(data)
+        if record is None:
             return []
+        values, step = record["values"], record["iter"]
         is_eval = any(name in EVAL_METRICS for name in values)
         out: list[MetricRow] = []
         stride = 1 if is_eval else self._stride()
-        for name, raw in values.items():
-            if not isinstance(raw, int | float) or isinstance(raw, bool):
+        for name, value in values.items():
+            if value is None:
                 continue
-            value = float(raw)
-            if not math.isfinite(value):
-                continue
-            row = (str(name), step, value)
+            row = (name, step, value)
             if is_eval:
                 out.append(row)
                 continue

@@ -23,10 +23,12 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from orchestrator.core.ids import config_hash
 from workers.train import artifacts, disk
 
 EXIT_FOR_STATUS = {
@@ -60,24 +62,19 @@ class StopFlag:
         print(f"received signal {signum}: finishing the iteration, then checkpointing", flush=True)
 
 
-def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the sorted, compact JSON of the resolved config (docs/architecture.md)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _code_sha(outdir: Path) -> str:
     """The commit the worker recorded in attempt.json, else $RECIP_CODE_SHA, else unknown."""
-    info = artifacts.read_json(outdir / "attempt.json")
+    info = artifacts.read_json(outdir / artifacts.ATTEMPT_INFO)
     sha = info.get("code_sha") if isinstance(info, dict) else None
     return str(sha or os.environ.get("RECIP_CODE_SHA") or "unknown")
 
 
 def _attempt_label(outdir: Path) -> str:
-    info = artifacts.read_json(outdir / "attempt.json")
+    info = artifacts.read_json(outdir / artifacts.ATTEMPT_INFO)
     if isinstance(info, dict):
         for key in ("attempt_id", "attempt_no", "attempt"):
             if info.get(key) is not None:
@@ -144,30 +141,31 @@ def run(config_path: Path, outdir: Path, resume_from: Path | None = None) -> int
     stop = StopFlag()
     signal.signal(signal.SIGTERM, stop.handle)
     signal.signal(signal.SIGINT, stop.handle)
-    result: dict[str, Any] = {k: None for k in artifacts.RESULT_KEYS}
-    result.update(status=artifacts.STATUS_FAILED, pid=os.getpid(), host=platform.node(), started_at=_now())
+    result = artifacts.new_result(pid=os.getpid(), host=platform.node(), started_at=_now())
 
-    def progress(p: dict[str, Any]) -> None:
-        artifacts.write_json_atomic(outdir / artifacts.PROGRESS, {**p, "pid": os.getpid(), "updated_at": _now()})
+    def progress(p: artifacts.Progress) -> None:
+        record: artifacts.Progress = {**p, "pid": os.getpid(), "updated_at": _now()}
+        artifacts.write_json_atomic(outdir / artifacts.PROGRESS, record)
 
     try:
         _train_attempt(config_path, outdir, resume_from, stop, result, progress)
     except Interrupted:
-        result.update(status=artifacts.STATUS_INTERRUPTED)
+        artifacts.update_result(result, status=artifacts.STATUS_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - recorded in result.json, never swallowed
         stop.starting = False
         if _caused_by_interrupt(e):
-            result.update(status=artifacts.STATUS_INTERRUPTED)
+            artifacts.update_result(result, status=artifacts.STATUS_INTERRUPTED)
             return _finish(outdir, result)
         full = disk.find_disk_full(e)
         if full is not None:
             disk.remove_temp_files(outdir)
-            result.update(status=artifacts.STATUS_DISK_FULL, error_type="DiskFull",
+            artifacts.update_result(result, status=artifacts.STATUS_DISK_FULL, error_type="DiskFull",
                           error_message=disk.describe(full.filename or outdir, outdir),
                           traceback=traceback.format_exc())
         else:
             message = str(e).strip()
-            result.update(
+            artifacts.update_result(
+                result,
                 status=artifacts.STATUS_OOM if _is_oom(e) else artifacts.STATUS_FAILED,
                 error_type=type(e).__name__, error_message=message[:2000] or type(e).__name__,
                 traceback=traceback.format_exc(),
@@ -176,7 +174,7 @@ def run(config_path: Path, outdir: Path, resume_from: Path | None = None) -> int
     return _finish(outdir, result)
 
 
-def _quietly(fn: Any) -> None:
+def _quietly(fn: Callable[[], object]) -> None:
     """Run a print to stdout.log, which may sit on the disk that just filled up."""
     try:
         fn()
@@ -184,7 +182,7 @@ def _quietly(fn: Any) -> None:
         pass
 
 
-def _finish(outdir: Path, result: dict[str, Any]) -> int:
+def _finish(outdir: Path, result: artifacts.Result) -> int:
     result["finished_at"] = _now()
     try:
         artifacts.write_json_atomic(outdir / artifacts.RESULT, result)
@@ -200,7 +198,8 @@ def _finish(outdir: Path, result: dict[str, Any]) -> int:
 
 
 def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, stop: StopFlag,
-                   result: dict[str, Any], progress: Any) -> None:
+                   result: artifacts.Result, progress: Callable[[artifacts.Progress], None]
+                   ) -> None:
     # heavy imports here, after the signal handlers are in place
     import numpy as np
     import torch
@@ -219,7 +218,8 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
 
     raw = json.loads(config_path.read_text())
     cfg = TrainConfig.from_dict(raw)
-    result.update(seed=cfg.seed, config_hash=config_hash(raw), torch_version=torch.__version__)
+    chash = config_hash(raw)
+    artifacts.update_result(result, seed=cfg.seed, config_hash=chash, torch_version=torch.__version__)
 
     # -- data
     progress({"phase": "preparing_data", "iter": 0, "tokens": 0, "train_s": 0.0})
@@ -238,7 +238,7 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     dev = setup_device(cfg.train.device, cfg.train.dtype, cfg.train.compile)
-    result.update(device=dev.precision["device_name"] if dev.is_cuda else "cpu", precision=dev.precision)
+    artifacts.update_result(result, device=dev.precision["device_name"] if dev.is_cuda else "cpu", precision=dev.precision)
     model = GPT(gcfg).to(dev.device)
     result["params"] = model.param_counts()
     optimizer = build_optimizer(model, cfg, fused=dev.fused_adamw)
@@ -297,7 +297,7 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
             mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
             directory=outdir, config=raw,
             tags=[f"study:{cfg.study[:58]}", f"step:{cfg.step[:59]}", f"seed:{cfg.seed}",
-                  f"attempt:{_attempt_label(outdir)}", f"config:{result['config_hash'][:12]}",
+                  f"attempt:{_attempt_label(outdir)}", f"config:{chash[:12]}",
                   f"commit:{_code_sha(outdir)[:12]}"]))
     sink = TeeSink(*sinks)
 
@@ -308,9 +308,11 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
                     log=lambda line: print(line, flush=True))
     finally:
         sink.close()
-    status = {"succeeded": artifacts.STATUS_SUCCEEDED, "diverged": artifacts.STATUS_DIVERGED,
-              "interrupted": artifacts.STATUS_INTERRUPTED}[out.status]
-    result.update(
+    statuses: dict[str, artifacts.Status] = {"succeeded": artifacts.STATUS_SUCCEEDED,
+                                             "diverged": artifacts.STATUS_DIVERGED,
+                                             "interrupted": artifacts.STATUS_INTERRUPTED}
+    status = statuses[out.status]
+    artifacts.update_result(result, 
         status=status, error_type="Diverged" if out.status == "diverged" else None,
         error_message=out.error_message, final_val_loss=out.final_val_loss,
         best_val_loss=out.best_val_loss, best_val_iter=out.best_val_iter,
@@ -322,7 +324,7 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
     )
     fpt = model_flops_per_token(model)
     peak = peak_bf16_flops(dev.precision["device_name"]) if dev.is_cuda and dev.dtype == torch.bfloat16 else None
-    result.update(flops_per_token=fpt, peak_flops=peak,
+    artifacts.update_result(result, flops_per_token=fpt, peak_flops=peak,
                   mfu=None if (m := mfu(fpt, out.tokens_per_s, peak)) is None else round(m, 4))
 
 

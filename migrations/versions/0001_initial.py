@@ -10,6 +10,8 @@ are plain `DateTime(timezone=True)`: the UTC handling lives in the application's
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -34,7 +36,7 @@ def _json(name: str, nullable: bool = True) -> sa.Column:  # type: ignore[type-a
     return sa.Column(name, sa.JSON(none_as_null=True), nullable=nullable)
 
 
-def _partial(where: str) -> dict[str, sa.TextClause]:
+def _partial(where: str) -> dict[str, Any]:
     return {"sqlite_where": sa.text(where), "postgresql_where": sa.text(where)}
 
 

@@ -49,14 +49,14 @@ class Check:
 def check_db(url: str) -> Check:
     from orchestrator.core.errors import DatabaseUnavailable, RecipError
     from orchestrator.queue import migrate
-    from orchestrator.queue.db import make_engine, parse_url, redact_url, sqlite_path
+    from orchestrator.queue.db import parse_url, redact_url, sqlite_path
 
     try:
         parsed = parse_url(url)
         if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
             return Check("db", WARN, f"{redact_url(url)} does not exist yet; `recip queue submit` "
                                      f"or `recip run` creates it (or `recip db upgrade`)")
-        make_engine(url, check_schema=True).dispose()
+        migrate.open_checked(url).dispose()
     except DatabaseUnavailable as e:
         return Check("db", FAIL, f"{e.message}; is the server up? (check --db / RECIP_DB_URL)")
     except RecipError as e:

@@ -103,8 +103,13 @@ def check_plan_or_raise(plan: StudyPlan, file: str,
                 "any difference between them comes from training settings, not the model")
     for c in checks:
         if not c.ok:
-            error = (c.error or "the model check failed").splitlines()[0]
-            path, message = check_error_location(plan.spec, c.step, error)
+            at = c.error_at
+            if at is None:
+                raise SpecError(c.error or "the model check failed", file=file,
+                                path=f"steps.{c.step}")
+            path, message = check_error_location(
+                plan.spec, c.step, line=c.error or at.message, part=at.part, message=at.message,
+                slot=at.slot, knob=at.knob)
             raise SpecError(message, file=file, path=path)
     return {c.step: _total(c.params) for c in checks if c.params}
 

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from orchestrator.core import ids
 from orchestrator.core.plan import RunPlan, StudyPlan
+from orchestrator.core.states import LEASED
 from orchestrator.core.views import RunView, Snapshot, StudyView, WorkerView
 
 WIDTH = 100
@@ -184,7 +185,7 @@ def counts_line(counts: Mapping[str, int]) -> str:
 def heartbeat_cell(run: RunView, now: datetime) -> Text:
     """Age of the last heartbeat while a lease is held: yellow past 2x the interval, red
     once the lease expired."""
-    if run.state not in ("claimed", "running") or run.heartbeat_at is None:
+    if run.state not in LEASED or run.heartbeat_at is None:
         return Text(DASH)
     beat = _aware(run.heartbeat_at)
     age = now - beat

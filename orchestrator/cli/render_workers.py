@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli.render import STATE_STYLE, counts_line, fmt_age
+from orchestrator.core.states import LEASED
 from orchestrator.core.views import Snapshot, WorkerView
 
 DASH = "–"
@@ -43,7 +44,7 @@ def render_pool(snapshot: Snapshot, *, title: str, finished: Sequence[str] = (),
     parts: list[RenderableType] = [Text(title, style="bold")]
     parts.append(render_worker_table(snapshot.workers, now=now))
     for study in snapshot.studies:
-        running = [r for r in study.runs if r.state in ("claimed", "running")]
+        running = [r for r in study.runs if r.state in LEASED]
         line = Text(f"{study.name}  ")
         line.append(counts_line(study.counts))
         parts.append(line)

@@ -23,6 +23,7 @@ import typer
 
 from orchestrator.cli.common import DbOption, JsonOption, db_url, emit_json, say, split_csv
 from orchestrator.core.errors import QueueError, RecipError, UnknownStep
+from orchestrator.core.states import LIVE
 
 if TYPE_CHECKING:
     from orchestrator.queue.history import AttemptRecord, RunHistory, StudyHistory
@@ -197,8 +198,7 @@ def _requeue(study: str, *, steps: str | None, states: list[str] | None, force: 
 
 def _nothing_message(history: StudyHistory, verb: str, states: list[str] | None) -> str:
     current = [r for r in history.runs if r.current]
-    live = sum(1 for r in current if r.latest and r.latest.state in ("queued", "claimed",
-                                                                     "running"))
+    live = sum(1 for r in current if r.latest and r.latest.state in LIVE)
     done = sum(1 for r in current if any(a.state == "succeeded" for a in r.attempts))
     which = f" in state {', '.join(states)}" if states else ""
     return (f"{verb}: nothing to queue in study {history.name}{which} ({len(current)} runs: "

@@ -27,6 +27,7 @@ from orchestrator.cli.workers_cmd import (
     RunsDirOption,
 )
 from orchestrator.core.errors import RecipError, UnknownStep, UnknownStudy
+from orchestrator.core.states import TERMINAL, AttemptState
 
 if TYPE_CHECKING:
     from orchestrator.queue.repo import QueueRepo
@@ -249,7 +250,7 @@ def logs(
                 offset += len(chunk)
             if not follow:
                 return
-            if repo.attempt(attempt_id).state in ("succeeded", "failed", "timed_out", "lost",
-                                                  "cancelled", "queued") and not chunk:
+            state = repo.attempt(attempt_id).state
+            if (state in TERMINAL or state == AttemptState.QUEUED) and not chunk:
                 return
             time.sleep(1.0)

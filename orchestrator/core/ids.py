@@ -1,4 +1,4 @@
-"""The one canonical id builder: hashes, run labels, attempt directories.
+"""The one canonical id builder: config and spec hashes, attempt directories, W&B run ids.
 
 Upstream had four id builders that disagreed (upstream-orchestration.md §7.2 item 14); every
 part of recip that needs one of these names calls this module.
@@ -44,16 +44,6 @@ def _safe(kind: str, name: str) -> str:
     if not _SAFE.fullmatch(name):
         raise ValueError(f"unsafe {kind} name {name!r} for a path")
     return name
-
-
-def run_label(study: str, step: str, seed: int) -> str:
-    """`study/step/seed<k>`: how a run is named in logs, W&B and the CLI."""
-    return f"{study}/{step}/seed{seed}"
-
-
-def attempt_label(study: str, step: str, seed: int, attempt_no: int) -> str:
-    """`study/step/seed<k>/attempt<n>`."""
-    return f"{run_label(study, step, seed)}/attempt{attempt_no}"
 
 
 def attempt_dir(study: str, step: str, seed: int, attempt_no: int,

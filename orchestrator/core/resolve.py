@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -315,54 +314,30 @@ def _resolve_step(spec: Spec, sid: str, presets: Mapping[str, Mapping[str, objec
     }
 
 
-_SLOT_WORDS = (("attention", re.compile(r"\battn(?:_knobs)?\b|\battention\b")),
-               ("mlp", re.compile(r"\bmlp(?:_knobs)?\b")))
-_PREFIX = re.compile(r"^(attention|mlp)(?:\.[\w.-]+)?: (.*)$")
+def check_error_location(spec: Mapping[str, Any], step: str, *, line: str, part: str,
+                         message: str, slot: str | None = None,
+                         knob: str | None = None) -> tuple[str, str]:
+    """(YAML path, message) for a model-check failure of `step`, given as data by
+    `workers.check.CheckError` (`line` is the check's whole error line), e.g.
+    ('steps.V3.mlp.rmlp.R_FF', "unknown knob 'R_FF' ...").
 
-
-def check_error_location(spec: Mapping[str, Any], step: str, error: str) -> tuple[str, str]:
-    """(YAML path, message) for a model-check failure of `step`, e.g.
-    ('steps.V3.mlp.rmlp', "unknown knob 'R_FF' ...").
-
-    The slot is the one the error's `attention:` / `mlp.NAME:` prefix names, else the one
-    its text mentions (`mlp mechanism ...`, a knob or mechanism name); the step in the path
-    is the ancestor that wrote that slot. Anything else points at `steps.<step>`."""
+    The path names the ancestor step that wrote `slot` (attention or mlp), its mechanism, and
+    `knob` when that step wrote it; without a slot (model, probe), it is `steps.<step>`. The
+    message is `message` when the path names its part, else `line`."""
     steps: Mapping[str, Any] = spec.get("steps", {})
-    if step not in steps:
-        return f"steps.{step}", error
-    lineage = [step]
-    while (parent := steps[lineage[-1]].get("parent")) is not None and parent in steps \
-            and parent not in lineage:
-        lineage.append(parent)
-
-    def written(key: str) -> tuple[str, str, dict[str, Any]] | None:
-        for sid in lineage:
-            value = steps[sid].get(key)
-            if value:
-                ((name, knobs),) = value.items()
-                return sid, name, knobs
-        return None
-
-    found = {key: written(key) for key, _ in _SLOT_WORDS}
-    slot: str | None = None
-    message = error
-    prefixed = _PREFIX.match(error)
-    if prefixed:
-        slot, message = prefixed.group(1), prefixed.group(2)
-    if slot is None:
-        for key, pattern in _SLOT_WORDS:
-            if pattern.search(error) and found[key] is not None:
-                slot = key
-                break
-    if slot is None:
-        for key, _ in _SLOT_WORDS:
-            hit = found[key]
-            if hit is not None and any(re.search(rf"\b{re.escape(str(w))}\b", error)
-                                       for w in (hit[1], *hit[2])):
-                slot = key
-                break
-    hit = found[slot] if slot else None
-    if hit is None:
-        return f"steps.{step}", error
-    sid, name, _ = hit
-    return f"steps.{sid}.{slot}.{name}", message
+    whole = line
+    if step not in steps or slot not in ("attention", "mlp"):
+        return f"steps.{step}", whole
+    seen: list[str] = []
+    sid: str | None = step
+    while sid is not None and sid in steps and sid not in seen:
+        seen.append(sid)
+        written = steps[sid].get(slot)
+        if written:
+            ((name, knobs),) = written.items()
+            path = f"steps.{sid}.{slot}.{name}"
+            if knob is not None and knob in (knobs or {}):
+                path += f".{knob}"
+            return path, message if part == slot else whole
+        sid = steps[sid].get("parent")
+    return f"steps.{step}", whole

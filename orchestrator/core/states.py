@@ -12,6 +12,7 @@ that it resumes from its checkpoint.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 
 class AttemptState(enum.StrEnum):
@@ -38,6 +39,13 @@ TERMINAL: frozenset[AttemptState] = frozenset({
     AttemptState.LOST, AttemptState.CANCELLED,
 })
 LEASED: frozenset[AttemptState] = frozenset({AttemptState.CLAIMED, AttemptState.RUNNING})
+LIVE: frozenset[AttemptState] = frozenset({AttemptState.QUEUED, *LEASED})
+
+
+def values(states: Iterable[AttemptState]) -> tuple[str, ...]:
+    """The string values of `states` in declaration order, for SQL `IN (...)` and JSON."""
+    wanted = frozenset(states)
+    return tuple(s.value for s in AttemptState if s in wanted)
 
 ALLOWED: dict[AttemptState, frozenset[AttemptState]] = {
     AttemptState.QUEUED: frozenset({AttemptState.CLAIMED, AttemptState.CANCELLED}),

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from orchestrator.core.states import TERMINAL
+
 
 @dataclass(frozen=True)
 class RunView:
@@ -51,8 +53,7 @@ class StudyView:
 
     @property
     def done(self) -> bool:
-        return all(r.state in ("succeeded", "failed", "timed_out", "lost", "cancelled")
-                   for r in self.runs)
+        return all(r.state in TERMINAL for r in self.runs)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Engines for the queue: a SQLite file or PostgreSQL, with the schema check.
+"""Engines for the queue: a SQLite file or PostgreSQL (the schema check is `migrate.check`).
 
 SQLite: WAL, foreign keys on, a 30 s busy timeout, `BEGIN IMMEDIATE` on every write
 transaction (the recipe of SQLAlchemy's SQLite dialect docs), so read-then-write transactions
@@ -18,12 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import URL, Connection, Engine
 
-from orchestrator.core.errors import DatabaseUnavailable, SchemaOutOfDate
+from orchestrator.core.errors import DatabaseUnavailable
 from orchestrator.queue.redact import redact_text
 from orchestrator.queue.redact import redact_url as redact_url  # re-exported
 from orchestrator.queue.types import finite_json
 
-VERSION_TABLE = "recip_alembic_version"
 READ_ONLY = "recip_read_only"
 _URL_HELP = "expected sqlite:///PATH.db or postgresql+psycopg://USER@HOST:PORT/DB"
 def parse_url(url: str) -> URL:
@@ -76,11 +75,11 @@ def _json_serializer(value: Any) -> str:
     return json.dumps(finite_json(value), allow_nan=False, default=str)
 
 
-def make_engine(url: str, *, check_schema: bool = True) -> Engine:
-    """An engine for `url`; with `check_schema`, raise SchemaOutOfDate unless the DB is at head.
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; it only builds the engine (`migrate.check` checks the schema).
 
-    Raises DatabaseUnavailable for a bad URL, a missing directory, a read-only file or an
-    unreachable server."""
+    Raises DatabaseUnavailable for a bad URL, a missing directory or a read-only file; an
+    unreachable server shows on first connect."""
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = sqlite_path(parsed)
@@ -90,7 +89,7 @@ def make_engine(url: str, *, check_schema: bool = True) -> Engine:
             target = sa.engine.URL.create("sqlite", database=f"file:{path.resolve()}",
                                           query={"mode": "ro", "uri": "true"})
         else:
-            check_sqlite_file(path, url, must_exist=check_schema)
+            check_sqlite_file(path)
             target = parsed.set(query={})
         engine = sa.create_engine(
             target,
@@ -109,18 +108,11 @@ def make_engine(url: str, *, check_schema: bool = True) -> Engine:
             pool_size=8,
             max_overflow=32,
         )
-    if check_schema:
-        try:
-            check_revision(engine, url)
-        except BaseException:
-            engine.dispose()
-            raise
     return engine
 
 
-def check_sqlite_file(path: Path, url: str, *, must_exist: bool) -> None:
-    """DatabaseUnavailable when SQLite could not open or write `path` (SchemaOutOfDate when
-    it is missing and `must_exist`)."""
+def check_sqlite_file(path: Path) -> None:
+    """DatabaseUnavailable when SQLite could not open, write or create `path`."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise DatabaseUnavailable(
@@ -138,10 +130,6 @@ def check_sqlite_file(path: Path, url: str, *, must_exist: bool) -> None:
                 f"cannot write SQLite database {path}: directory {parent} is read-only "
                 "(SQLite needs it for its WAL file); fix its permissions or pass another --db"
             )
-    elif must_exist:
-        raise SchemaOutOfDate(
-            f"no database at {path}: run `recip db upgrade --db {redact_url(url)}` to create it"
-        )
     elif not os.access(parent, os.W_OK):
         raise DatabaseUnavailable(
             f"cannot create SQLite database {path}: directory {parent} is read-only; "
@@ -189,42 +177,3 @@ def describe_error(e: BaseException) -> str:
     orig = getattr(e, "orig", None) or e
     text = str(orig).strip().splitlines()
     return redact_text(text[0] if text else type(orig).__name__)
-
-
-def database_revision(conn: Connection) -> str | None:
-    """The Alembic revision stored in the database, or None when it has none."""
-    if not sa.inspect(conn).has_table(VERSION_TABLE):
-        return None
-    rows = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
-    if len(rows) > 1:
-        raise SchemaOutOfDate(f"the database has several schema heads {sorted(rows)}")
-    return rows[0] if rows else None
-
-
-def check_revision(engine: Engine, url: str) -> None:
-    """Raise SchemaOutOfDate unless the database is at the code's head revision."""
-    from orchestrator.queue import migrate
-
-    try:
-        with engine.connect() as conn:
-            conn.execution_options(**{READ_ONLY: True})
-            with conn.begin():
-                current = database_revision(conn)
-    except exc.DBAPIError as e:
-        raise DatabaseUnavailable(
-            f"cannot connect to {redact_url(url)}: {describe_error(e)}"
-        ) from e
-    head = migrate.head()
-    if current == head:
-        return
-    fix = f"run `recip db upgrade --db {redact_url(url)}`"
-    if current is None:
-        raise SchemaOutOfDate(f"database {redact_url(url)} has no recip schema: {fix}")
-    if current in migrate.known_revisions():
-        raise SchemaOutOfDate(
-            f"database {redact_url(url)} is at schema {current}, this recip expects {head}: {fix}"
-        )
-    raise SchemaOutOfDate(
-        f"database {redact_url(url)} is at schema {current}, newer than this recip knows "
-        f"(head {head}): upgrade recip (`git pull` and reinstall) on this machine"
-    )

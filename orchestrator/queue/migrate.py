@@ -1,32 +1,36 @@
-"""Schema migrations: `recip db upgrade` is the only migrator.
+"""Schema migrations and the schema gate: all knowledge of schema versions lives here.
 
-The Alembic config is built here (script_location = the `migrations` package, version table
-`recip_alembic_version`); no alembic.ini. Upgrades and downgrades hold a lock so that two
-processes racing to migrate run the revisions once: `pg_advisory_xact_lock` on PostgreSQL,
-`BEGIN IMMEDIATE` (the engine's write transaction) on SQLite, and on both the revisions run
-inside that one transaction.
+`recip db upgrade` is the only migrator. The Alembic config is built here (script_location =
+the `migrations` package, version table `recip_alembic_version`); no alembic.ini. Upgrades
+and downgrades hold a lock so that two processes racing to migrate run the revisions once:
+`pg_advisory_xact_lock` on PostgreSQL, `BEGIN IMMEDIATE` (the engine's write transaction) on
+SQLite, and on both the revisions run inside that one transaction.
+
+`check(engine, url)` is the gate every command that opens the queue passes (as optuna's
+`_VersionManager`): it reads the revision stored in the database and compares it with
+`HEAD`, a constant, so the check neither imports Alembic nor parses the migration scripts
+(`recip status` stays fast in a fresh process). `tests/migrations/test_migrations.py` checks
+`REVISIONS` against the scripts in `migrations/versions/`: a new migration must be added there.
+
+The dependency runs migrate -> db only: `db.make_engine` builds engines and knows nothing of
+revisions.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
-from orchestrator.core.errors import DatabaseUnavailable, QueueError
+from orchestrator.core.errors import DatabaseUnavailable, QueueError, SchemaOutOfDate
 from orchestrator.queue.db import (
     READ_ONLY,
-    VERSION_TABLE,
     check_sqlite_file,
-    database_revision,
     describe_error,
     make_engine,
     parse_url,
@@ -34,50 +38,88 @@ from orchestrator.queue.db import (
     sqlite_path,
 )
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+VERSION_TABLE = "recip_alembic_version"
+# Every revision in migrations/versions/, oldest first; the last is the head this code runs.
+REVISIONS: tuple[str, ...] = ("0001", "0004", "0005")
+HEAD = REVISIONS[-1]
+
 _LOCK_KEY = 0x7265636970  # "recip"
-
-
-def _script_location() -> str:
-    import migrations
-
-    return str(Path(next(iter(migrations.__path__))).resolve())
-
-
-def alembic_config(url: str, connection: Connection | None = None) -> Config:
-    """An Alembic Config for `url`; with `connection`, revisions run on it."""
-    cfg = Config()
-    cfg.set_main_option("script_location", _script_location())
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    return cfg
-
-
-@cache
-def _script() -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config("sqlite:///unused.db"))
 
 
 def head() -> str:
     """The newest revision this code knows."""
-    heads = _script().get_heads()
-    if len(heads) != 1:
-        raise QueueError(f"the migrations tree has {len(heads)} heads {heads}; merge them")
-    return heads[0]
+    return HEAD
 
 
 def known_revisions() -> frozenset[str]:
-    """Every revision id in the migrations tree."""
-    return frozenset(r.revision for r in _script().walk_revisions())
+    """Every revision id this code knows."""
+    return frozenset(REVISIONS)
+
+
+def database_revision(conn: Connection) -> str | None:
+    """The Alembic revision stored in the database, or None when it has none."""
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(rows) > 1:
+        raise SchemaOutOfDate(f"the database has several schema heads {sorted(rows)}")
+    return rows[0] if rows else None
+
+
+def check(engine: Engine, url: str) -> None:
+    """Raise SchemaOutOfDate unless the database behind `engine` is at `HEAD`.
+
+    A missing SQLite file is SchemaOutOfDate too (never created here); an unreachable
+    server is DatabaseUnavailable. Every message names the fix."""
+    fix = f"run `recip db upgrade --db {redact_url(url)}`"
+    if engine.dialect.name == "sqlite":
+        path = sqlite_path(engine.url)
+        if not path.exists():
+            raise SchemaOutOfDate(f"no database at {path}: {fix} to create it")
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                stored = database_revision(conn)
+    except exc.DBAPIError as e:
+        raise DatabaseUnavailable(
+            f"cannot connect to {redact_url(url)}: {describe_error(e)}"
+        ) from e
+    if stored == HEAD:
+        return
+    if stored is None:
+        raise SchemaOutOfDate(f"database {redact_url(url)} has no recip schema: {fix}")
+    if stored in REVISIONS:
+        raise SchemaOutOfDate(
+            f"database {redact_url(url)} is at schema {stored}, this recip expects {HEAD}: {fix}"
+        )
+    raise SchemaOutOfDate(
+        f"database {redact_url(url)} is at schema {stored}, newer than this recip knows "
+        f"(head {HEAD}): upgrade recip (`git pull` and reinstall) on this machine"
+    )
+
+
+def open_checked(url: str) -> Engine:
+    """An engine for `url` that passed `check` (disposed again when the check fails)."""
+    engine = make_engine(url)
+    try:
+        check(engine, url)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def current(url: str) -> str | None:
     """The revision the database at `url` is at; None for an empty (or missing) database."""
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
-        check_sqlite_file(sqlite_path(parsed), url, must_exist=False)
+        check_sqlite_file(sqlite_path(parsed))
         return None
-    engine = make_engine(url, check_schema=False)
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
             conn.execution_options(**{READ_ONLY: True})
@@ -90,7 +132,7 @@ def current(url: str) -> str | None:
 
 
 RECIP_TABLES = frozenset({VERSION_TABLE, "studies", "runs", "attempts", "events", "metrics",
-                          "workers"})
+                          "workers", "study_events"})
 
 
 def refuse_foreign_sqlite(url: str) -> None:
@@ -121,13 +163,51 @@ def refuse_foreign_sqlite(url: str) -> None:
             "schema: recip keeps its queue in a file of its own; pass another --db")
 
 
+# --- Alembic: imported only by the commands that migrate -----------------------------------
+
+
+def _script_location() -> str:
+    import migrations
+
+    return str(Path(next(iter(migrations.__path__))).resolve())
+
+
+def alembic_config(url: str, connection: Connection | None = None) -> Config:
+    """An Alembic Config for `url`; with `connection`, revisions run on it."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", _script_location())
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def script_revisions() -> tuple[str, ...]:
+    """The revisions of the scripts in migrations/versions/, oldest first (parses them all;
+    `REVISIONS` must equal this)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite:///unused.db"))
+    heads = script.get_heads()
+    if len(heads) != 1:
+        raise QueueError(f"the migrations tree has {len(heads)} heads {heads}; merge them")
+    return tuple(reversed([r.revision for r in script.walk_revisions()]))
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    """Migrate the database at `url` up to `revision`, under the migration lock."""
-    _run(url, lambda cfg: command.upgrade(cfg, revision))
+    """Migrate the database at `url` up to `revision` (`head` = `HEAD`), under the lock."""
+    from alembic import command
+
+    target = HEAD if revision == "head" else revision
+    _run(url, lambda cfg: command.upgrade(cfg, target))
 
 
 def downgrade(url: str, revision: str) -> None:
     """Migrate the database at `url` down to `revision` (`base` drops every table)."""
+    from alembic import command
+
     _run(url, lambda cfg: command.downgrade(cfg, revision))
 
 
@@ -135,7 +215,7 @@ def _run(url: str, action: Callable[[Config], None]) -> None:
     from alembic.util import CommandError
 
     refuse_foreign_sqlite(url)
-    engine = make_engine(url, check_schema=False)
+    engine = make_engine(url)
     try:
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":

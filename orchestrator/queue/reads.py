@@ -16,11 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
+from orchestrator.core.states import LEASED as _LEASED
+from orchestrator.core.states import values
 from orchestrator.core.views import RunView, Snapshot, StudyView, WorkerView
 from orchestrator.queue.looks import study_looks
 from orchestrator.queue.schema import AttemptRow, EventRow, MetricRow, RunRow, StudyRow, WorkerRow
 
-LEASED = ("claimed", "running")
+LEASED = values(_LEASED)
 RECENT_WORKERS = timedelta(minutes=10)
 _ERROR_MAX = 300
 

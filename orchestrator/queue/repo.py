@@ -20,6 +20,7 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from orchestrator.core import states
 from orchestrator.core.errors import (
     DatabaseUnavailable,
     LeaseLost,
@@ -33,7 +34,7 @@ from orchestrator.core.plan import StudyPlan
 from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
 from orchestrator.core.states import TERMINAL, AttemptState, FailureKind, can_transition
 from orchestrator.core.views import Snapshot
-from orchestrator.queue import history, looks, reads
+from orchestrator.queue import history, looks, migrate, reads
 from orchestrator.queue.db import READ_ONLY, describe_error, is_read_only, make_engine, redact_url
 from orchestrator.queue.history import StudyHistory
 from orchestrator.queue.looks import SeedsAdded
@@ -54,8 +55,8 @@ logger = logging.getLogger(__name__)
 QUEUED = AttemptState.QUEUED.value
 CLAIMED = AttemptState.CLAIMED.value
 RUNNING = AttemptState.RUNNING.value
-LEASED = (CLAIMED, RUNNING)
-LIVE = (QUEUED, CLAIMED, RUNNING)
+LEASED = states.values(states.LEASED)
+LIVE = states.values(states.LIVE)
 PROGRESS_KEYS: dict[str, type] = {
     "iter": int, "tokens": int, "train_s": float, "fraction": float,
     "loss": float, "val_loss": float, "best_val_loss": float, "lr": float,
@@ -108,7 +109,8 @@ class QueueRepo:
     @classmethod
     def open(cls, url: str, *, check_schema: bool = True) -> QueueRepo:
         """A repo on a new engine for `url` (SchemaOutOfDate unless at head, when checked)."""
-        return cls(make_engine(url, check_schema=check_schema), label=redact_url(url))
+        engine = migrate.open_checked(url) if check_schema else make_engine(url)
+        return cls(engine, label=redact_url(url))
 
     def close(self) -> None:
         """Close every pooled connection."""

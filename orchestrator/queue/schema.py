@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from orchestrator.core import states
 from orchestrator.core.states import AttemptState, FailureKind
 from orchestrator.queue.types import JSONDict, UTCDateTime
 
@@ -35,7 +36,7 @@ NAMING_CONVENTION: dict[str, str] = {
 
 STATES = tuple(s.value for s in AttemptState)
 FAILURE_KINDS = tuple(k.value for k in FailureKind)
-LIVE_STATES = ("queued", "claimed", "running")
+LIVE_STATES = states.values(states.LIVE)
 CODE_POLICIES = ("head", "pinned")
 
 

@@ -31,6 +31,7 @@ def spec(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_table_on_stdout_summary_on_stderr(spec: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = run(["check", str(spec), "--preset", "tiny"])
     out, err = capsys.readouterr()
@@ -49,6 +50,7 @@ def test_table_on_stdout_summary_on_stderr(spec: Path, capsys: pytest.CaptureFix
     assert "warning" not in out and "error" not in out
 
 
+@pytest.mark.slow
 def test_json_and_steps(spec: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = run(["check", str(spec), "--steps", "V0,V2", "--json"])
     out, _ = capsys.readouterr()
@@ -61,6 +63,7 @@ def test_json_and_steps(spec: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert v2["probe"] == "L2 H12 E96 T32"  # gpt2-124m (no --preset) is probed shrunk
 
 
+@pytest.mark.slow
 def test_a_failing_step_exits_1_with_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(SPEC + "  V4: {parent: V1, mlp: {reciprocal_mlp: {gates: true}}}\n")

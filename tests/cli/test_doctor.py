@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from orchestrator.cli.app import run
-from tests.cli.test_wandb import closed_port
+from tests.tracking.test_wandb import closed_port
 
 FAST = "--skip=ray,gpus"
 

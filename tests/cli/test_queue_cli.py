@@ -230,6 +230,6 @@ def test_submit_runs_the_model_check(tmp_path: Path, sqlite_url: str,
     assert run(["queue", "submit", str(bad), "--db", sqlite_url]) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith(f"error: {bad}: steps.V3.mlp.rmlp: ") and "R_FF" in err
+    assert err.startswith(f"error: {bad}: steps.V3.mlp.rmlp.R_FF: ") and "R_FF" in err
     assert err.count("\n") == 1
     assert row_counts(sqlite_url) == before

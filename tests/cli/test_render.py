@@ -79,20 +79,24 @@ def test_long_header_wraps_within_100_columns() -> None:
 
 
 def test_heartbeat_colours() -> None:
-    lease = timedelta(seconds=60)   # heartbeat interval = lease / 3 = 20 s
+    """Yellow past two heartbeat intervals, where the interval is a third of the lease that
+    the last heartbeat took (lease_expires_at - heartbeat_at); red once the lease expired."""
 
-    def cell(age: float, expires_in: float) -> tuple[str, str]:
+    def cell(age: float, lease_s: float) -> tuple[str, str]:
         beat = NOW - timedelta(seconds=age)
         run = runview("V1", "running", heartbeat_at=beat,
-                      lease_expires_at=NOW + timedelta(seconds=expires_in))
+                      lease_expires_at=beat + timedelta(seconds=lease_s))
         text = render.heartbeat_cell(run, NOW)
         return text.plain, str(text.style)
 
-    assert cell(4, 56) == ("4s", "")
-    assert cell(39, 21) == ("39s", "")
-    assert cell(41, 19) == ("41s", "yellow")
-    assert cell(70, -10) == ("70s expired", "bold red")
-    assert lease.total_seconds() == 60
+    # a 60 s lease: interval 20 s, yellow past 40 s
+    assert cell(4, 60) == ("4s", "")
+    assert cell(39, 60) == ("39s", "")
+    assert cell(41, 60) == ("41s", "yellow")
+    assert cell(70, 60) == ("70s expired", "bold red")
+    # a 300 s lease: interval 100 s, so 150 s is still on time and 201 s is late
+    assert cell(150, 300) == ("2m", "")
+    assert cell(201, 300)[1] == "yellow"
     assert render.heartbeat_cell(runview("V1", "succeeded"), NOW).plain == "–"
     naive = runview("V1", "claimed", heartbeat_at=(NOW - timedelta(seconds=30)).replace(tzinfo=None))
     assert render.heartbeat_cell(naive, NOW).plain == "30s"

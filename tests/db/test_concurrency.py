@@ -7,6 +7,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from orchestrator.queue.repo import QueueRepo
@@ -53,6 +54,7 @@ def test_16_threads_claim_each_attempt_exactly_once(repo, db_url, plan_factory):
     assert sum(1 for ids in results.values() if ids) > 1  # they really competed
 
 
+@pytest.mark.slow
 def test_4_processes_claim_each_attempt_exactly_once(repo, db_url, plan_factory):
     _fill(repo, plan_factory)
     ctx = multiprocessing.get_context("spawn")

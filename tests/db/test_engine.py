@@ -1,8 +1,11 @@
-"""make_engine and the repo's error mapping: every bad database is one clear line."""
+"""make_engine, the schema gate (`migrate.check`) and the repo's error mapping: every bad
+database is one clear line."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.core.errors import DatabaseUnavailable, SchemaOutOfDate
+from orchestrator.queue import migrate
 from orchestrator.queue.db import make_engine, redact_url
 from orchestrator.queue.repo import QueueRepo
 
@@ -56,7 +60,7 @@ def test_bad_urls_are_one_line(url, match):
 def test_a_missing_directory_is_named_and_nothing_is_created(tmp_path):
     url = f"sqlite:///{tmp_path}/nowhere/recip.db"
     with pytest.raises(DatabaseUnavailable, match="nowhere does not exist"):
-        make_engine(url, check_schema=False)
+        make_engine(url)
     assert not (tmp_path / "nowhere").exists()
 
 
@@ -65,6 +69,30 @@ def test_a_missing_file_names_the_upgrade_command_and_is_not_created(tmp_path):
     with pytest.raises(SchemaOutOfDate, match="recip db upgrade"):
         QueueRepo.open(f"sqlite:///{path}")
     assert not path.exists()
+    with pytest.raises(SchemaOutOfDate, match=f"no database at {path}"):
+        migrate.check(make_engine(f"sqlite:///{path}"), f"sqlite:///{path}")
+    assert not path.exists()
+
+
+def test_a_known_older_schema_names_both_revisions(sqlite_url, monkeypatch):
+    """A database at an older revision this code knows: the message says which it expects."""
+    monkeypatch.setattr(migrate, "REVISIONS", (*migrate.REVISIONS, "9000"))
+    monkeypatch.setattr(migrate, "HEAD", "9000")
+    engine = make_engine(sqlite_url)
+    try:
+        with pytest.raises(SchemaOutOfDate, match=rf"at schema {migrate.REVISIONS[0]}, this "
+                                                  r"recip expects 9000: run `recip db upgrade"):
+            migrate.check(engine, sqlite_url)
+    finally:
+        engine.dispose()
+
+
+def test_the_schema_gate_imports_no_alembic():
+    """`recip status` passes the gate in every fresh process: it must not pay for Alembic."""
+    code = ("import sys, orchestrator.queue.repo; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
@@ -77,8 +105,9 @@ def test_a_read_only_file_is_refused(sqlite_url):
 
 def test_an_unreachable_server_is_one_line_without_the_password():
     url = "postgresql+psycopg://bob:s3cr3t@127.0.0.1:1/recip"
+    make_engine(url).dispose()  # building an engine never connects
     with pytest.raises(DatabaseUnavailable) as e:
-        make_engine(url)
+        QueueRepo.open(url)
     text = str(e.value)
     assert "cannot connect to postgresql+psycopg://bob:***@127.0.0.1:1/recip" in text
     assert "s3cr3t" not in text and "\n" not in text

@@ -19,7 +19,8 @@ from alembic.migration import MigrationContext
 
 from orchestrator.core.errors import SchemaOutOfDate
 from orchestrator.queue import migrate
-from orchestrator.queue.db import VERSION_TABLE, make_engine
+from orchestrator.queue.db import make_engine
+from orchestrator.queue.migrate import VERSION_TABLE
 from orchestrator.queue.repo import QueueRepo
 from orchestrator.queue.schema import metadata
 
@@ -38,7 +39,7 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def tables(url: str) -> set[str]:
-    engine = make_engine(url, check_schema=False)
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
             return set(sa.inspect(conn).get_table_names())
@@ -47,7 +48,7 @@ def tables(url: str) -> set[str]:
 
 
 def diff(url: str, target: sa.MetaData) -> list[object]:
-    engine = make_engine(url, check_schema=False)
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(
@@ -58,7 +59,7 @@ def diff(url: str, target: sa.MetaData) -> list[object]:
 
 
 def stamp(url: str, revision: str) -> None:
-    engine = make_engine(url, check_schema=False)
+    engine = make_engine(url)
     try:
         with engine.begin() as conn:
             conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = :r"), {"r": revision})
@@ -66,9 +67,12 @@ def stamp(url: str, revision: str) -> None:
         engine.dispose()
 
 
-def test_the_tree_has_one_head_and_its_own_version_table():
-    assert migrate.head() == "0005"
-    assert "0001" in migrate.known_revisions()
+def test_the_revision_constants_match_the_scripts():
+    """The gate reads HEAD/REVISIONS (no script parse); they must be the scripts' chain. A new
+    migration in migrations/versions/ goes into `migrate.REVISIONS` too."""
+    assert migrate.script_revisions() == migrate.REVISIONS
+    assert migrate.head() == migrate.REVISIONS[-1] == migrate.HEAD
+    assert migrate.known_revisions() == set(migrate.REVISIONS)
 
 
 def test_base_head_base_head(empty_url):

@@ -11,7 +11,7 @@ from models.presets import PRESETS, TOKENIZER_VOCAB
 from orchestrator.core.loader import spec_from_text
 from orchestrator.core.plan import StudyPlan
 from orchestrator.core.resolve import Overrides, resolve
-from workers.check import StepCheck, check_model, check_plan
+from workers.check import CheckError, StepCheck, check_model, check_plan
 
 HEAD = """
 study: chk
@@ -35,6 +35,7 @@ def by_step(checks: list[StepCheck]) -> dict[str, StepCheck]:
     return {c.step: c for c in checks}
 
 
+@pytest.mark.slow
 def test_valid_steps_pass_with_counts_ratio_causality_and_mechanisms():
     p = plan("""
   V1: {parent: V0, attention: {mla: {latent_dim: 32, ra_alpha: 0.3}}}
@@ -75,6 +76,14 @@ def test_bad_knobs_and_names_are_one_line_errors_naming_the_part():
     assert e["V4"] == "attention.mla: ra_ct must be one of topk, max, entropy, rms or null, got 'mean'"
     for s in ("V1", "V2", "V3", "V4"):
         assert not checks[s].ok and "\n" not in e[s] and checks[s].causal is None
+    # the same, as data (the submit path maps it to the YAML path without reading the text)
+    at = {s: checks[s].error_at for s in ("V1", "V2", "V4")}
+    assert at["V1"] == CheckError(part="mlp", slot="mlp", mechanism="reciprocal_mlp",
+                                  knob="gates", message=e["V1"].removeprefix("mlp.reciprocal_mlp: "))
+    assert at["V2"] == CheckError(part="attention", slot="attention", mechanism="mla2",
+                                  message=e["V2"].removeprefix("attention: "))
+    assert at["V4"] is not None and (at["V4"].slot, at["V4"].mechanism, at["V4"].knob) == (
+        "attention", "mla", None)
 
 
 def test_a_future_leak_fails_the_step():
@@ -85,6 +94,7 @@ def test_a_future_leak_fails_the_step():
     assert c.error.startswith("probe: not causal")
 
 
+@pytest.mark.slow
 def test_an_enabled_knob_that_changes_nothing_fails_and_forced_gates_only_warn():
     checks = by_step(check_plan(plan("""
   V1: {parent: V0, attention: {mla: {}}, mlp: {reciprocal_mlp: {cross_rank: 8}}}
@@ -94,10 +104,14 @@ def test_an_enabled_knob_that_changes_nothing_fails_and_forced_gates_only_warn()
     assert v1.mechanisms_active is False and not v1.ok
     assert v1.error == ("probe: mlp.reciprocal_mlp.cross_rank=8 changes neither the output nor a "
                         "training step (same weights with cross_rank=None)")
+    assert v1.error_at is not None and (v1.error_at.part, v1.error_at.slot, v1.error_at.mechanism,
+                                        v1.error_at.knob) == ("probe", "mlp", "reciprocal_mlp",
+                                                              "cross_rank")
     assert v2.ok and v2.mechanisms_active is True
     assert any("force_gates_open makes it the identity" in w for w in v2.warnings)
 
 
+@pytest.mark.slow
 def test_identical_models_are_flagged_with_knob_defaults_filled_in():
     checks = by_step(check_plan(plan("""
   V1: {parent: V0, attention: {mla: {}}}
@@ -112,6 +126,7 @@ def test_identical_models_are_flagged_with_knob_defaults_filled_in():
     assert all(c.ok for c in checks.values())
 
 
+@pytest.mark.slow
 def test_steps_filter_and_big_models_probe_at_a_shrunken_size():
     p = plan("""
   V1: {parent: V0, attention: {mla: {latent_dim: 128, ra_alpha: 0.3}},
@@ -137,6 +152,7 @@ def test_check_model_accepts_a_resolved_model_dict_directly():
     assert not bad.ok and bad.error.startswith("model: n_embd (64) must be divisible by n_head (5)")
 
 
+@pytest.mark.slow
 def test_a_post_train_knob_is_not_probed_in_the_forward_but_said_so():
     # KVSplice (C1-C3) acts through the trainer's post_train hook on the trained model; the
     # forward probe must neither call it inert nor stay silent about it

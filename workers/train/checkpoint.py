@@ -35,7 +35,7 @@ class CheckpointCorrupt(RuntimeError):
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple (name, keys, pos, gauss, cached)
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from workers.train.artifacts import Progress
 from workers.train.budget import Budget, Clock
 from workers.train.checkpoint import save_checkpoint
 from workers.train.config import TrainConfig
@@ -98,7 +99,7 @@ def grad_norms(params: dict[str, torch.nn.Parameter]) -> dict[str, float]:
 
 def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: MetricsSink, *,
           device: DeviceSetup, ckpt_path=None, resume: dict[str, Any] | None = None,
-          progress: Callable[[dict[str, Any]], None] | None = None,
+          progress: Callable[[Progress], None] | None = None,
           stop: Callable[[], bool] | None = None, log: Callable[[str], None] = print) -> TrainResult:
     t = cfg.train
     budget = Budget(t.budget.seconds, t.budget.iters, t.budget.tokens)

@@ -13,21 +13,25 @@ import math
 from pathlib import Path
 from typing import Any, Protocol
 
+from workers.train.artifacts import MetricRecord, MetricValues
+
 
 class MetricsSink(Protocol):
-    def log(self, it: int, tokens: int, train_s: float, values: dict[str, float]) -> None: ...
+    def log(self, it: int, tokens: int, train_s: float, values: MetricValues) -> None: ...
     def close(self) -> None: ...
 
 
 class NullSink:
-    def log(self, it: int, tokens: int, train_s: float, values: dict[str, float]) -> None:
+    def log(self, it: int, tokens: int, train_s: float, values: MetricValues) -> None:
         pass
 
     def close(self) -> None:
         pass
 
 
-def _clean(v: float) -> float | None:
+def _clean(v: float | None) -> float | None:
+    if v is None:
+        return None
     v = float(v)
     return v if math.isfinite(v) else None   # JSON has no NaN; None marks a non-finite value
 
@@ -39,9 +43,10 @@ class JsonlSink:
         self.path = Path(path)
         self.f = open(self.path, "a", buffering=1)
 
-    def log(self, it: int, tokens: int, train_s: float, values: dict[str, float]) -> None:
-        rec = {"iter": int(it), "tokens": int(tokens), "train_s": round(float(train_s), 4),
-               "values": {k: _clean(v) for k, v in values.items()}}
+    def log(self, it: int, tokens: int, train_s: float, values: MetricValues) -> None:
+        rec: MetricRecord = {"iter": int(it), "tokens": int(tokens),
+                             "train_s": round(float(train_s), 4),
+                             "values": {k: _clean(v) for k, v in values.items()}}
         self.f.write(json.dumps(rec, sort_keys=True) + "\n")
         self.f.flush()
 
@@ -54,7 +59,7 @@ class TeeSink:
     def __init__(self, *sinks: MetricsSink):
         self.sinks = sinks
 
-    def log(self, it: int, tokens: int, train_s: float, values: dict[str, float]) -> None:
+    def log(self, it: int, tokens: int, train_s: float, values: MetricValues) -> None:
         for s in self.sinks:
             s.log(it, tokens, train_s, values)
 
@@ -81,11 +86,12 @@ class WandbSink:
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             id=self.run_id, project=project or study, entity=entity, name=f"{study}/{step}/s{seed}/a{attempt}",
-            group=step, tags=tags or [], config=config or {}, dir=str(directory), mode=mode,
+            group=step, tags=tags or [], config=config or {}, dir=str(directory),
+            mode=mode,  # type: ignore[arg-type]  # asserted offline/online above
             resume="allow", reinit="create_new", settings=wandb.Settings(silent=True, console="off"),
         )
 
-    def log(self, it: int, tokens: int, train_s: float, values: dict[str, float]) -> None:
+    def log(self, it: int, tokens: int, train_s: float, values: MetricValues) -> None:
         self.run.log({**values, "tokens": tokens, "train_s": train_s}, step=int(it))
 
     def close(self) -> None:

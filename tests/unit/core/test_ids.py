@@ -24,9 +24,7 @@ def test_nan_is_refused() -> None:
         ids.config_hash({"lr": float("nan")})
 
 
-def test_labels_and_attempt_dir() -> None:
-    assert ids.run_label("s", "V1", 2) == "s/V1/seed2"
-    assert ids.attempt_label("s", "V1", 2, 3) == "s/V1/seed2/attempt3"
+def test_attempt_dir() -> None:
     assert ids.attempt_dir("s", "V1", 2, 3) == PurePosixPath("runs/s/V1/seed2/attempt3")
     assert ids.attempt_dir("s", "V1", 0, 1, root="/data/runs") == PurePosixPath(
         "/data/runs/s/V1/seed0/attempt1")

@@ -269,20 +269,29 @@ def test_resolve_does_not_mutate_the_spec() -> None:
     assert run(resolve(spec, presets=PRESETS, vocab=TOKENIZER_VOCAB), "V1")["model"]["attn_knobs"] == {"R": 4}
 
 
-@pytest.mark.parametrize(("step", "error", "where"), [
-    ("V3", "mlp.rmlp: unknown knob 'R_FF' for mlp mechanism 'rmlp' (known: R_ff)",
-     ("steps.V3.mlp.rmlp", "unknown knob 'R_FF' for mlp mechanism 'rmlp' (known: R_ff)")),
-    ("V3", "attention: unknown attn mechanism 'ra' (known: causal)",
-     ("steps.V1.attention.ra", "unknown attn mechanism 'ra' (known: causal)")),
-    ("V1", "R must be <= head_dim, got 4", ("steps.V1.attention.ra", "R must be <= head_dim, got 4")),
-    ("V3", "R_ff must be > 0", ("steps.V3.mlp.rmlp", "R_ff must be > 0")),
-    ("V3", "probe: not causal", ("steps.V3", "probe: not causal")),
-    ("V0", "mlp.gelu: odd", ("steps.V0", "mlp.gelu: odd")),
-    ("V9", "model: bad", ("steps.V9", "model: bad")),
+@pytest.mark.parametrize(("step", "at", "where"), [
+    # an unknown knob written by this step: the path goes down to the knob
+    ("V3", dict(part="mlp", slot="mlp", knob="R_ff", message="R_ff must be > 0"),
+     ("steps.V3.mlp.rmlp.R_ff", "R_ff must be > 0")),
+    # a knob the step did not write (a default): the mechanism
+    ("V3", dict(part="mlp", slot="mlp", knob="R_FF", message="unknown knob 'R_FF'"),
+     ("steps.V3.mlp.rmlp", "unknown knob 'R_FF'")),
+    # V3 inherits its attention from V1: the path names the step that wrote it
+    ("V3", dict(part="attention", slot="attention", message="unknown attn mechanism 'ra'"),
+     ("steps.V1.attention.ra", "unknown attn mechanism 'ra'")),
+    ("V1", dict(part="attention", slot="attention", message="R must be <= head_dim, got 4"),
+     ("steps.V1.attention.ra", "R must be <= head_dim, got 4")),
+    # an inert knob found by the probe keeps its part in the message
+    ("V3", dict(part="probe", slot="mlp", knob="R_ff", message="mlp.rmlp.R_ff=64 is inert"),
+     ("steps.V3.mlp.rmlp.R_ff", "probe: mlp.rmlp.R_ff=64 is inert")),
+    ("V3", dict(part="probe", message="not causal"), ("steps.V3", "probe: not causal")),
+    ("V0", dict(part="mlp", slot="mlp", message="odd"), ("steps.V0", "mlp: odd")),
+    ("V9", dict(part="model", message="bad"), ("steps.V9", "model: bad")),
 ])
-def test_check_error_location(step: str, error: str, where: tuple[str, str]) -> None:
+def test_check_error_location(step: str, at: dict[str, str], where: tuple[str, str]) -> None:
     spec = plan_of(BASE).spec
-    assert check_error_location(spec, step, error) == where
+    line = f"{at['part']}: {at['message']}"
+    assert check_error_location(spec, step, line=line, **at) == where
 
 
 def test_set_overrides_reach_every_step_last_and_enter_the_hash() -> None:

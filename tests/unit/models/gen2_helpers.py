@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tiny_models import (  # noqa: F401  (re-exported for the test modules)
+from models.config import GPTConfig
+from models.gpt2 import GPT
+from tests.unit.models.tiny_models import (  # noqa: F401  (re-exported for the test modules)
     N_EMBD,
     N_HEAD,
     N_LAYER,
@@ -20,10 +22,7 @@ from tiny_models import (  # noqa: F401  (re-exported for the test modules)
     one_step_lowers_loss,
     tokens,
 )
-from tiny_models import cfg as _cfg
-
-from models.config import GPTConfig
-from models.gpt2 import GPT
+from tests.unit.models.tiny_models import cfg as _cfg
 
 
 def cfg(attn: str = "mla", attn_knobs: dict[str, Any] | None = None, mlp: str = "gelu",

@@ -1,6 +1,6 @@
 """The Generation-3 tests' view of the shared tiny-model helpers (default attention: causal)."""
 
-from tiny_models import (  # noqa: F401  (re-exported for the test modules)
+from tests.unit.models.tiny_models import (  # noqa: F401  (re-exported for the test modules)
     D_FF,
     HEAD_DIM,
     N_EMBD,

@@ -6,7 +6,12 @@ import math
 
 import pytest
 import torch
-from gen3_helpers import (
+
+from models import registry
+from models.context import BlockContext
+from models.gpt2 import GPT
+from models.mechanisms.kv_prune import Knobs, KVPrunedAttention, heavy_hitter_keep
+from tests.unit.models.gen3_helpers import (
     HEAD_DIM,
     N_EMBD,
     N_HEAD,
@@ -24,11 +29,6 @@ from gen3_helpers import (
     one_step_lowers_loss,
     tokens,
 )
-
-from models import registry
-from models.context import BlockContext
-from models.gpt2 import GPT
-from models.mechanisms.kv_prune import Knobs, KVPrunedAttention, heavy_hitter_keep
 
 VARIANTS = [
     dict(k=12, recency=4),
@@ -92,6 +92,7 @@ def test_parameter_count_is_the_baseline(knobs):
     assert counts["mechanism"] == (N_LAYER if knobs.get("learned") else 0)  # one ratio logit per layer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("knobs", VARIANTS, ids=IDS)
 def test_causal_at_every_position(knobs):
     assert_causal(build(kv_cfg(**knobs)))
@@ -196,6 +197,7 @@ def test_learned_forward_equals_the_hard_mask_at_the_same_k():
     torch.testing.assert_close(logits(learned, tokens()), logits(hard, tokens()))
 
 
+@pytest.mark.slow
 def test_learned_ratio_moves_during_training():
     torch.manual_seed(0)
     moves = {}

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from gen3_helpers import HEAD_DIM, N_EMBD, N_HEAD, N_LAYER, T, batch, build, cfg, tokens
 
 from models.mechanisms.kv_prune import KVPrunedAttention
 from models.mechanisms.kvsplice import (
@@ -18,6 +17,17 @@ from models.mechanisms.kvsplice import (
     quantile_knots,
     spline_forward,
     spline_inverse,
+)
+from tests.unit.models.gen3_helpers import (
+    HEAD_DIM,
+    N_EMBD,
+    N_HEAD,
+    N_LAYER,
+    T,
+    batch,
+    build,
+    cfg,
+    tokens,
 )
 
 
@@ -71,6 +81,7 @@ def test_spline_at_init_is_affine_so_the_round_trip_is_plain_pca():
     torch.testing.assert_close(spliced, pca_roundtrip(X, pmu, pVk), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_fitted_round_trip_beats_plain_pca_at_the_same_k_on_structured_data():
     X = structured_values(6000)
     X_fit, X_hold = X[:5400], X[5400:]
@@ -100,6 +111,7 @@ def test_k_must_fit_the_head_dim():
 # calibration on the trained model (the trainer's post_train hook)
 
 
+@pytest.mark.slow
 def test_post_train_fits_every_layer_and_reports_the_round_trip():
     splice = dict(k=4, calib_batches=3, samples=1500, epochs=2, eval_batches=2)
     m = build(cfg(attn="kv_prune", attn_knobs=dict(k=12, recency=4, kvsplice=splice)))

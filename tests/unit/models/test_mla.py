@@ -6,7 +6,11 @@ import math
 
 import pytest
 import torch
-from gen2_helpers import (
+
+from models import registry
+from models.context import BlockContext
+from models.mechanisms.mla import Knobs, MLAAttention
+from tests.unit.models.gen2_helpers import (
     N_EMBD,
     N_HEAD,
     N_LAYER,
@@ -20,10 +24,6 @@ from gen2_helpers import (
     same_weights,
     tokens,
 )
-
-from models import registry
-from models.context import BlockContext
-from models.mechanisms.mla import Knobs, MLAAttention
 
 L = 32
 FULL_MLP = dict(gate=True, cross=True, recip=True)
@@ -132,6 +132,7 @@ def test_sdpa_path_equals_the_explicit_attention_matrix():
     assert all(b.attn.explicit for b in build(cfg(mlp="reciprocal_mlp", mlp_knobs=dict(cross=True))).transformer.h)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("knobs", [
     dict(latent_dim=L),
     dict(latent_dim=L, ra_alpha=0.5, ra_window=4),
@@ -141,6 +142,7 @@ def test_causal_at_every_position(knobs):
     assert_causal(build(cfg(attn_knobs=knobs)))
 
 
+@pytest.mark.slow
 def test_full_gen2_model_is_causal_at_every_position():
     m = build(cfg(attn_knobs=dict(latent_dim=L, ra_alpha=0.5, ra_window=4, ra_ct="entropy"),
                   mlp="reciprocal_mlp", mlp_knobs=FULL_MLP))

@@ -6,7 +6,9 @@ import math
 
 import pytest
 import torch
-from gen2_helpers import (
+
+from models.mechanisms.ra_ct import RACTGate, RACTKnobs, row_statistic
+from tests.unit.models.gen2_helpers import (
     N_HEAD,
     N_LAYER,
     assert_causal,
@@ -19,8 +21,6 @@ from gen2_helpers import (
     same_weights,
     tokens,
 )
-
-from models.mechanisms.ra_ct import RACTGate, RACTKnobs, row_statistic
 
 L = 32
 MODES = ["topk", "max", "entropy", "rms"]
@@ -74,6 +74,7 @@ def test_parameter_count_is_two_per_head_per_layer():
     assert ct["mechanism"] == N_LAYER * 2 * N_HEAD
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("apply", ["output", "weights"])
 def test_causal_at_every_position(mode, apply):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gen2_helpers import (
+
+from models import registry
+from models.context import BlockContext
+from models.mechanisms.reciprocal_mlp import Knobs, ReciprocalMLP
+from tests.unit.models.gen2_helpers import (
     N_EMBD,
     N_HEAD,
     N_LAYER,
@@ -18,10 +22,6 @@ from gen2_helpers import (
     same_weights,
     tokens,
 )
-
-from models import registry
-from models.context import BlockContext
-from models.mechanisms.reciprocal_mlp import Knobs, ReciprocalMLP
 
 L = 32
 MLA = dict(latent_dim=L)
@@ -111,6 +111,7 @@ def test_mlp_expansion_is_always_honoured(expansion):
     assert m.transformer.h[0].mlp.cross_down.in_features == want
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MECHS))
 def test_causal_at_every_position(name):
     assert_causal(build(mcfg(MECHS[name], attn_knobs=dict(latent_dim=L, ra_alpha=0.3))))
@@ -158,6 +159,7 @@ def test_mechanisms_need_mla_and_say_so():
         Knobs(cross_rank=0)
 
 
+@pytest.mark.slow
 def test_per_head_scalar_works_for_any_sizes_and_rejects_too_few_features():
     # L=30 and D_ff=170 are not multiples of H=4 (upstream crashed, §17 #3)
     c = mcfg(dict(recip=True, tying_mode="per_head_scalar"), attn_knobs=dict(latent_dim=30),

@@ -7,7 +7,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from gen3_helpers import (
+
+from models import registry
+from models.context import BlockContext
+from models.gpt2 import GPT
+from models.mechanisms.rmlp import Knobs, ReciprocalMLP
+from tests.unit.models.gen3_helpers import (
     D_FF,
     N_EMBD,
     N_LAYER,
@@ -22,11 +27,6 @@ from gen3_helpers import (
     one_step_lowers_loss,
     tokens,
 )
-
-from models import registry
-from models.context import BlockContext
-from models.gpt2 import GPT
-from models.mechanisms.rmlp import Knobs, ReciprocalMLP
 
 R_FF = 48
 VARIANTS = [
@@ -95,6 +95,7 @@ def test_expansion_ratio_is_honoured():
         assert mlp.c_proj.in_features == round(exp * N_EMBD)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("knobs", VARIANTS, ids=IDS)
 def test_causal_at_every_position(knobs):
     assert_causal(build(rmlp_cfg(**knobs)))

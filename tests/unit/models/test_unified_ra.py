@@ -8,7 +8,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from gen3_helpers import (
+
+from models import registry
+from models.context import BlockContext
+from models.layers import CausalSelfAttention, NoKnobs
+from models.mechanisms.unified_ra import Knobs, UnifiedReciprocalAttention
+from tests.unit.models.gen3_helpers import (
     HEAD_DIM,
     N_EMBD,
     N_HEAD,
@@ -25,11 +30,6 @@ from gen3_helpers import (
     one_step_lowers_loss,
     tokens,
 )
-
-from models import registry
-from models.context import BlockContext
-from models.layers import CausalSelfAttention, NoKnobs
-from models.mechanisms.unified_ra import Knobs, UnifiedReciprocalAttention
 
 VARIANTS = [
     dict(fold="shared"),
@@ -115,6 +115,7 @@ def test_parameter_count_is_baseline_plus_gates(knobs):
     assert counts["mechanism"] == N_LAYER * (n_gates + n_rwr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("knobs", VARIANTS, ids=IDS)
 def test_causal_at_every_position(knobs):
     assert_causal(build(ra_cfg(**knobs)))

@@ -135,6 +135,7 @@ def test_sigkill_and_resume_continue_the_same_curve(kjv_byte, data_root, tmp_pat
     assert res["final_val_loss"] == full_res["final_val_loss"]
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_interrupted(kjv_byte, data_root, tmp_path):
     cfg = _write(tmp_path / "config.json", run_config(budget={"iters": 100000}, eval_every=1000))
     out = tmp_path / "a"
@@ -154,6 +155,7 @@ def test_sigterm_checkpoints_and_exits_interrupted(kjv_byte, data_root, tmp_path
     assert read_checkpoint(out / artifacts.CHECKPOINT)["loop"]["it"] == result["iters"] >= 5
 
 
+@pytest.mark.slow
 def test_an_exception_is_recorded_and_exits_1(data_root, tmp_path):
     cfg = run_config()
     cfg["train"]["learning_rate"] = 1e-3       # a typo: unknown key
@@ -167,6 +169,7 @@ def test_an_exception_is_recorded_and_exits_1(data_root, tmp_path):
     assert "Traceback" in result["traceback"] and "from_dict" in result["traceback"]
 
 
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_starts_the_attempt_fresh_and_says_so(kjv_byte, data_root,
                                                                        tmp_path):
     out = tmp_path / "c"

@@ -90,10 +90,10 @@ def make_offline_attempt(tmp_path_factory: pytest.TempPathFactory) -> OfflineAtt
 def queue_with_attempt(url: str, attempt: OfflineAttempt, clock: Any) -> int:
     """Submit a one-run study and take its attempt through claim/start/finish as a worker
     does, with `attempt.outdir` as the artifact dir; returns the attempt id."""
+    from orchestrator.core.ids import config_hash
     from orchestrator.core.plan import RunPlan, StudyPlan
     from orchestrator.core.states import AttemptState
     from orchestrator.queue.repo import QueueRepo
-    from workers.run_attempt import config_hash
 
     cfg = attempt.config
     spec = {"study": STUDY, "steps": {STEP: {"description": "baseline GPT-2"}}}

@@ -1,7 +1,7 @@
 """`recip baseline import`: a W&B run stored once as an imported step, with the comparability
 check in `recip report`, on SQLite and PostgreSQL.
 
-The offline source is the run directory of a REAL attempt (tests/cli/offline_attempt.py).
+The offline source is the run directory of a REAL attempt (tests/tracking/offline_attempt.py).
 The W&B API path is exercised up to the network: with the server unreachable it must fail in
 one line, and its mapping runs on a TrackedRun shaped like an upstream (old trainer) run.
 """
@@ -23,8 +23,8 @@ from orchestrator.core.states import AttemptState
 from orchestrator.queue.repo import QueueRepo
 from orchestrator.tracking.baseline import fetch_api_run, to_imported
 from orchestrator.tracking.model import TrackedRun
-from tests.cli.offline_attempt import OfflineAttempt, make_offline_attempt
-from tests.cli.test_wandb import closed_port
+from tests.tracking.offline_attempt import OfflineAttempt, make_offline_attempt
+from tests.tracking.test_wandb import closed_port
 
 STUDY = "ra_base"
 
@@ -42,7 +42,7 @@ def _config(base: dict[str, Any], step: str, **train: Any) -> dict[str, Any]:
 
 
 def submit_study(url: str, base: dict[str, Any], clock: Any, **v0_train: Any) -> None:
-    from workers.run_attempt import config_hash
+    from orchestrator.core.ids import config_hash
 
     v0 = _config(base, "V0", **v0_train)
     v1 = _config(base, "V1", **v0_train)

@@ -1,7 +1,7 @@
 """W&B offline runs of a REAL attempt, read back by wandb's own tooling, and `recip wandb sync`.
 
 The attempt is `python -m workers.run_attempt` on a tiny CPU config with wandb offline
-(tests/cli/offline_attempt.py). wandb's CLI (`wandb sync --dry-run`) must find its run file,
+(tests/tracking/offline_attempt.py). wandb's CLI (`wandb sync --dry-run`) must find its run file,
 and wandb's protobuf `Record` must decode the config, the tags and the logged val_loss.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli.app import run
-from tests.cli.offline_attempt import (
+from tests.tracking.offline_attempt import (
     CODE_SHA,
     SEED,
     STEP,
@@ -74,8 +74,8 @@ def test_wandb_cli_dry_run_finds_the_run_file(attempt: OfflineAttempt) -> None:
 
 
 def test_wandb_records_hold_config_tags_and_val_loss(attempt: OfflineAttempt) -> None:
+    from orchestrator.core.ids import config_hash
     from orchestrator.tracking.runfile import find_run_file, read_offline_run, records
-    from workers.run_attempt import config_hash
 
     run_file = find_run_file(attempt.outdir)
     kinds = [r.WhichOneof("record_type") for r in records(run_file)]
