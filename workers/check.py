@@ -326,13 +326,14 @@ def _probe(cfg: GPTConfig) -> _Probe:
         for i, small in enumerate(sizes):
             try:
                 model = _build(small)
+                larger = sizes[i + 1:]
                 break
             except (ValueError, TypeError, AssertionError) as e:
                 last = e
         else:
             raise _Invalid(f"probe: no shrunken size builds ({_one_line(last or ValueError())})")
         try:
-            return _run_probe(model, small, larger=sizes[i + 1:])
+            return _run_probe(model, small, larger=larger)
         except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
             raise _Invalid(f"probe: forward/backward failed: {type(e).__name__}: {_one_line(e)}") from None
 

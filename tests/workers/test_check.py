@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+import workers.check as check_module
 from models.config import GPTConfig
 from models.gpt2 import GPT
 from models.presets import PRESETS, TOKENIZER_VOCAB
 from orchestrator.core.loader import spec_from_text
 from orchestrator.core.plan import StudyPlan
 from orchestrator.core.resolve import Overrides, resolve
-import workers.check as check_module
 from workers.check import StepCheck, check_model, check_plan
 
 HEAD = """
