@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: the --db option, URL redaction, stderr narration, JSON output."""
+"""Shared CLI plumbing: the --db option, the override options of `queue submit` and `run`
+(declared once here), URL redaction, stderr narration, JSON output."""
 
 from __future__ import annotations
 
@@ -31,6 +32,26 @@ SetOption = Annotated[
         show_default=False,
     ),
 ]
+
+StepsOption = Annotated[str | None, typer.Option(
+    "--steps", help="Only these steps, comma-separated (e.g. V1,V3).", show_default=False)]
+NoCheckOption = Annotated[bool, typer.Option(
+    "--no-check", help="Skip the CPU dry-run of every step's model and the dataset checks.")]
+PresetOption = Annotated[str | None, typer.Option(
+    "--preset", help="Model size preset for every step (replaces the spec's sizes and applies "
+    "the preset's run-scale train settings: batch, grad_accum, evals).", show_default=False)]
+DatasetOption = Annotated[str | None, typer.Option(
+    "--dataset", help="Dataset for every step (kjv, text:PATH, hf:NAME).", show_default=False)]
+TokenizerOption = Annotated[str | None, typer.Option(
+    "--tokenizer", help="Tokenizer for every step (gpt2 or byte).", show_default=False)]
+TimeOption = Annotated[float | None, typer.Option(
+    "--time", help="Training budget in seconds for every step (replaces the spec's budget).",
+    show_default=False)]
+MaxItersOption = Annotated[int | None, typer.Option(
+    "--max-iters", help="Iteration budget for every step (replaces the spec's budget).",
+    show_default=False)]
+SeedsOption = Annotated[str | None, typer.Option(
+    "--seeds", help="Seeds for every step, comma-separated (e.g. 1,2).", show_default=False)]
 
 
 def db_url(given: str | None) -> str:

@@ -7,10 +7,10 @@ argument and never read the clock or the database, so tests print them into
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.cli.format import fmt_overrides
 from orchestrator.core import ids
 from orchestrator.core.plan import RunPlan, StudyPlan
 from orchestrator.core.views import RunView, Snapshot, StudyView, WorkerView
@@ -46,6 +47,34 @@ def make_console(file: IO[str] | None = None, *, width: int | None = None) -> Co
 def print_renderable(renderable: RenderableType, console: Console | None = None) -> None:
     """Print to stdout (data)."""
     (console or make_console()).print(renderable)
+
+
+@contextlib.contextmanager
+def check_progress(plan: StudyPlan, *, console: Console | None = None,
+                   after_s: float = 1.0) -> Iterator[Callable[[int, int, str], None]]:
+    """A progress bar on stderr for the model checks of `plan`, drawn only on a terminal and
+    only once the checks have taken `after_s`; yields the `progress(done, total, step)`
+    callback of `workers.check.check_plan`. The bar is transient: it leaves no lines behind."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(file=sys.stderr, highlight=False)
+    bar = Progress(TextColumn("checking models"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                   transient=True, disable=not console.is_terminal)
+    t0 = time.monotonic()
+    task: list[Any] = []
+
+    def progress(done: int, total: int, step: str) -> None:
+        if not task and time.monotonic() - t0 >= after_s:
+            bar.start()
+            task.append(bar.add_task("", total=total))
+        if task:
+            bar.update(task[0], completed=done, total=total, description=f"step {step}")
+
+    try:
+        yield progress
+    finally:
+        bar.stop()
 
 
 def live(frame: Callable[[], tuple[RenderableType, bool]], *, interval: float = 2.0,
@@ -314,17 +343,8 @@ def render_studies(snapshot: Snapshot) -> Table:
 def plan_header(plan: StudyPlan) -> str:
     code = plan.code_policy if plan.pinned_sha is None else f"pinned {plan.pinned_sha[:10]}"
     head = f"study {plan.name}   spec {ids.short(plan.spec_hash)}   code {code}"
-    if plan.overrides:
-        head += "\noverrides: " + " ".join(_flag(k, v) for k, v in plan.overrides.items())
-    return head
-
-
-def _flag(key: str, value: Any) -> str:
-    if key == "set":
-        return " ".join(f"--set {path}={v if isinstance(v, str) else json.dumps(v)}"
-                        for path, v in value.items())
-    shown = ",".join(map(str, value)) if isinstance(value, list) else value
-    return f"--{key.replace('_', '-')} {shown}"
+    lines = fmt_overrides(plan.overrides)
+    return "\n".join([head, *lines])
 
 
 def render_plan(plan: StudyPlan, params: Mapping[str, int] | None = None) -> RenderableType:

@@ -15,8 +15,21 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orchestrator.cli.common import DbOption, SetOption, db_url, redact, say, split_csv
-from orchestrator.cli.queue_cmd import StepsOption
+from orchestrator.cli.common import (
+    DatasetOption,
+    DbOption,
+    MaxItersOption,
+    NoCheckOption,
+    PresetOption,
+    SeedsOption,
+    SetOption,
+    StepsOption,
+    TimeOption,
+    TokenizerOption,
+    db_url,
+    say,
+    split_csv,
+)
 from orchestrator.cli.workers_cmd import (
     DEFAULT_RUNS_DIR,
     AddressOption,
@@ -38,33 +51,17 @@ def register(app: typer.Typer) -> None:
     app.command("logs")(logs)
 
 
-def ensure_database(url: str) -> None:
-    """Create a SQLite database that does not exist yet; leave every other one alone."""
-    from orchestrator.queue import migrate
-    from orchestrator.queue.db import parse_url, sqlite_path
-
-    parsed = parse_url(url)
-    if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
-        migrate.upgrade(url)
-        say(f"created {redact(url)}")
-
-
 def run(
     file: Annotated[Path, typer.Argument(help="Study spec (YAML), e.g. ablations/smoke.yaml.",
                                          show_default=False)],
     steps: StepsOption = None,
-    no_check: Annotated[bool, typer.Option(
-        "--no-check", help="Skip the CPU dry-run of every step's model.")] = False,
-    preset: Annotated[str | None, typer.Option(
-        help="Model size preset for every step.", show_default=False)] = None,
-    dataset: Annotated[str | None, typer.Option(
-        help="Dataset for every step (kjv, text:PATH, hf:NAME).", show_default=False)] = None,
-    time_s: Annotated[float | None, typer.Option(
-        "--time", help="Training budget in seconds for every step.", show_default=False)] = None,
-    max_iters: Annotated[int | None, typer.Option(
-        "--max-iters", help="Iteration budget for every step.", show_default=False)] = None,
-    seeds: Annotated[str | None, typer.Option(
-        help="Seeds for every step, comma-separated (e.g. 1,2).", show_default=False)] = None,
+    no_check: NoCheckOption = False,
+    preset: PresetOption = None,
+    dataset: DatasetOption = None,
+    tokenizer: TokenizerOption = None,
+    time_s: TimeOption = None,
+    max_iters: MaxItersOption = None,
+    seeds: SeedsOption = None,
     sets: SetOption = None,
     gpus: GpusOption = None,
     cpu_workers: CpuWorkersOption = None,
@@ -79,12 +76,7 @@ def run(
 ) -> None:
     """Submit a study, run it on local workers with a live dashboard, then report it."""
     from orchestrator.cli import render
-    from orchestrator.cli.queue_cmd import (
-        build_plan,
-        check_plan_or_raise,
-        describe_submit,
-        parse_seeds,
-    )
+    from orchestrator.cli import submit as pipeline
     from orchestrator.cli.workers_cmd import (
         absolute_db_url,
         drive,
@@ -92,21 +84,23 @@ def run(
         pidfile,
         pool_config,
     )
-    from orchestrator.core.resolve import Overrides, parse_set
     from workers.pool import WorkerPool
 
-    overrides = Overrides(preset=preset, dataset=dataset, time=time_s, max_iters=max_iters,
-                          seeds=parse_seeds(seeds),
-                          sets=tuple(parse_set(a) for a in sets or ()))
+    ov = pipeline.overrides(preset=preset, dataset=dataset, tokenizer=tokenizer, time=time_s,
+                            max_iters=max_iters, seeds=seeds, sets=sets)
     step_list = split_csv(steps)
-    plan = build_plan(file, steps=step_list, overrides=overrides)
-    if not no_check:
-        check_plan_or_raise(plan, str(file), step_list)
+    plan = pipeline.build_plan(file, steps=step_list, overrides=ov)
     url = absolute_db_url(db_url(db))
-    ensure_database(url)
+    pipeline.ensure_database_ready(url)  # fails on a database not at head before the checks
+    if not no_check:
+        with render.check_progress(plan) as progress:
+            params = pipeline.check_plan_or_raise(plan, str(file), step_list, progress=progress)
+        warning = pipeline.slow_here_warning(plan, params, has_gpu=pipeline.has_gpu())
+        if warning:
+            say(warning)
     with open_repo(url) as repo:
         result = repo.submit(plan, datetime.now(UTC))
-        for line in describe_submit(result, len(plan.runs)):
+        for line in pipeline.describe_submit(result, len(plan.runs)):
             say(line)
         config = pool_config(db=url, runs_dir=runs_dir, gpus=gpus, cpu_workers=cpu_workers,
                              address=address, until_empty=True, study=plan.name, lease=lease,
