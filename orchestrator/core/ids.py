@@ -66,10 +66,8 @@ def attempt_dir(runs_dir: str | Path, *, study: str, step: str, seed: int, confi
     id to the same config can meet an existing directory; the worker refuses it by name."""
     if seed < 0 or attempt_no < 1 or run_id < 1:
         raise ValueError(f"bad seed {seed}, run id {run_id} or attempt number {attempt_no}")
-    if not re.fullmatch(r"[0-9a-f]{12,64}", config_hash):
-        raise ValueError(f"bad config hash {config_hash!r} for a path")
     return Path(runs_dir) / _safe("study", study) / _safe("step", step) / f"seed{seed}" / \
-        f"{short(config_hash, 12)}-run{run_id}" / f"attempt{attempt_no}"
+        f"{_safe('config hash', short(config_hash, 12))}-run{run_id}" / f"attempt{attempt_no}"
 
 
 def wandb_run_id(*, db_identity: str, study: str, step: str, seed: int, config_hash: str,
