@@ -8,10 +8,9 @@ from typing import Any
 
 
 def fmt_overrides(overrides: Mapping[str, Any]) -> list[str]:
-    """The command-line overrides a study ran under, as lines:
-    `overrides: --preset tiny --time 40.0 --seeds 1`, then
-    `run scale of preset tiny: batch_size=8 grad_accum=1 ...` when the preset's run-scale
-    train settings replaced the spec's. Empty when the study ran as written."""
+    """The command-line overrides of a plan as lines: `overrides: --preset tiny --time 40.0`,
+    then `run scale of preset tiny: batch_size=8 ...` when the preset's run-scale train
+    settings replaced the spec's. Empty when the study runs as written."""
     flags = [_flag(k, v) for k, v in overrides.items() if k != "run_scale"]
     lines = [f"overrides: {' '.join(flags)}"] if flags else []
     scale = overrides.get("run_scale")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import IO
 
 from rich.console import Console, Group, RenderableType
@@ -29,11 +30,13 @@ def make_console(file: IO[str] | None = None, *, width: int | None = None,
     return console
 
 
-def render_report(report: Report) -> RenderableType:
-    """Header, steps, deltas, cumulative/monotonicity, expected ranges, rules, flags."""
+def render_report(report: Report, notes: Sequence[str] = ()) -> RenderableType:
+    """Header, the overrides `notes`, steps, deltas, cumulative/monotonicity, expected ranges,
+    rules, flags."""
     parts: list[RenderableType] = [Text.assemble(
         (f"{report.study}", "bold"),
         f"  metric {report.metric}  noise: |delta| < max({report.noise_floor:g}, 2 s.e.)")]
+    parts += [Text(line, style="yellow") for line in notes]
     if report.description:
         parts.append(Text(report.description, style="dim"))
 

@@ -174,7 +174,24 @@ def study_results(conn: Connection, study_id: int) -> StudyResults:
     )
     attempts.sort(key=lambda a: (order.get(a.step, (0, 0)), a.seed, a.attempt_no))
     return StudyResults(name=s.name, description=s.description, spec=s.spec_json,
-                        spec_hash=s.spec_hash, steps=tuple(steps), attempts=tuple(attempts))
+                        spec_hash=s.spec_hash, steps=tuple(steps), attempts=tuple(attempts),
+                        overrides=submit_overrides(conn, study_id))
+
+
+def submit_overrides(conn: Connection, study_id: int) -> dict[str, Any]:
+    """The overrides of the newest submit that queued a current run of the study (recorded
+    in its `queued` event by `QueueRepo.submit`); {} when there is none."""
+    rows = conn.execute(
+        sa.select(EventRow.payload_json)
+        .join(AttemptRow, AttemptRow.id == EventRow.attempt_id)
+        .join(RunRow, RunRow.id == AttemptRow.run_id)
+        .where(RunRow.study_id == study_id, RunRow.superseded_at.is_(None),
+               AttemptRow.attempt_no == 1, EventRow.kind == "queued")
+        .order_by(EventRow.id.desc()).limit(1)
+    ).all()
+    payload = rows[0][0] if rows else None
+    found = payload.get("overrides") if isinstance(payload, dict) else None
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def _name_prefix(conn: Connection, prefix: str) -> sa.ColumnElement[bool]:

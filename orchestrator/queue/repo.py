@@ -255,7 +255,8 @@ class QueueRepo:
                     [{"run_id": rid, "attempt_no": 1, "state": QUEUED, "priority": r.priority,
                       "created_at": now} for rid, r in zip(run_ids, new, strict=True)],
                 ).scalars())
-                self._event(conn, attempt_ids, now, "queued", {"reason": "submit"})
+                self._event(conn, attempt_ids, now, "queued",
+                            {"reason": "submit", "overrides": plan.overrides})
                 queued = len(attempt_ids)
         result = SubmitResult(
             study=plan.name, study_created=created,
