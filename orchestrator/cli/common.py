@@ -54,6 +54,29 @@ SeedsOption = Annotated[str | None, typer.Option(
     "--seeds", help="Seeds for every step, comma-separated (e.g. 1,2).", show_default=False)]
 
 
+def complete_study(incomplete: str) -> list[str]:
+    """Shell completion of a study name from the default database ($RECIP_DB_URL or the
+    embedded SQLite file); nothing when that database cannot be read."""
+    from orchestrator.queue.db import parse_url, sqlite_path
+
+    url = db_url(None)
+    try:
+        parsed = parse_url(url)
+        if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
+            return []  # never create the database from a <TAB>
+        from orchestrator.queue.repo import QueueRepo
+
+        with QueueRepo.open(url) as repo:
+            names = repo.study_names()
+    except Exception:  # noqa: BLE001 - completion must never print a traceback into the shell
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+StudyArgument = Annotated[str, typer.Argument(
+    help="Study name (see `recip queue ls`).", show_default=False, autocompletion=complete_study)]
+
+
 def db_url(given: str | None) -> str:
     """The database URL from --db, else $RECIP_DB_URL, else the embedded SQLite default."""
     return given or os.environ.get("RECIP_DB_URL") or DEFAULT_DB_URL

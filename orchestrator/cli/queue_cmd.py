@@ -22,6 +22,7 @@ from orchestrator.cli.common import (
     SeedsOption,
     SetOption,
     StepsOption,
+    StudyArgument,
     TimeOption,
     TokenizerOption,
     db_url,
@@ -125,7 +126,7 @@ def ls(json_out: JsonOption = False, db: DbOption = None) -> None:
 
 @app.command("cancel")
 def cancel(
-    study: Annotated[str, typer.Argument(help="Study name.", show_default=False)],
+    study: StudyArgument,
     steps: StepsOption = None,
     db: DbOption = None,
 ) -> None:

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orchestrator.cli.common import DbOption, JsonOption, db_url, emit_json, say, split_csv
+from orchestrator.cli.common import (
+    DbOption,
+    JsonOption,
+    StudyArgument,
+    db_url,
+    emit_json,
+    say,
+    split_csv,
+)
 from orchestrator.core.errors import QueueError, RecipError, UnknownStep
 
 if TYPE_CHECKING:
@@ -29,8 +37,7 @@ if TYPE_CHECKING:
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
 _LOG_MAX = 20
 
-StudyArg = Annotated[str, typer.Argument(help="Study name (see `recip queue ls`).",
-                                         show_default=False)]
+StudyArg = StudyArgument
 
 
 class Code(enum.StrEnum):

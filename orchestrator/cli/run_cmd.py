@@ -24,6 +24,7 @@ from orchestrator.cli.common import (
     SeedsOption,
     SetOption,
     StepsOption,
+    StudyArgument,
     TimeOption,
     TokenizerOption,
     db_url,
@@ -187,7 +188,7 @@ def _find_attempt(repo: QueueRepo, study: str, step: str, seed: int | None,
 
 
 def logs(
-    study: Annotated[str, typer.Argument(help="Study name.")],
+    study: StudyArgument,
     step: Annotated[str, typer.Argument(help="Step name, e.g. V1.")],
     seed: Annotated[int | None, typer.Option(help="Seed (default: the lowest).",
                                              show_default=False)] = None,
