@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
 
 def report(
     study: Annotated[str, typer.Argument(help="Study name (see `recip queue ls`).")],
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="Write PNG plots (curves, deltas, gates) into this directory.")] = None,
     out: Annotated[Path | None, typer.Option(

@@ -40,10 +40,10 @@ from orchestrator.cli.workers_cmd import (
     LeaseOption,
     RunsDirOption,
 )
-from orchestrator.core.errors import RecipError, UnknownStep, UnknownStudy
+from orchestrator.core.errors import RecipError
 
 if TYPE_CHECKING:
-    from orchestrator.queue.repo import QueueRepo
+    pass
 
 
 def register(app: typer.Typer) -> None:
@@ -152,41 +152,6 @@ def _report(study: str, url: str) -> None:
         say(f"report: {e.message}")
 
 
-def _find_attempt(repo: QueueRepo, study: str, step: str, seed: int | None,
-                  attempt: int | None) -> tuple[int, int, int, str | None, str]:
-    """(seed, attempt_no, attempt_id, artifact_dir, state) of the attempt to show."""
-    import sqlalchemy as sa
-
-    from orchestrator.queue.schema import AttemptRow, RunRow, StudyRow
-
-    if study not in repo.study_names():
-        raise UnknownStudy(f"no study {study!r} in {repo.label}")
-    query = (sa.select(RunRow.seed, AttemptRow.attempt_no, AttemptRow.id,
-                       AttemptRow.artifact_dir, AttemptRow.state, RunRow.step_key)
-             .join(RunRow, RunRow.id == AttemptRow.run_id)
-             .join(StudyRow, StudyRow.id == RunRow.study_id)
-             .where(StudyRow.name == study, RunRow.superseded_at.is_(None)))
-    with repo.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    steps = sorted({r.step_key for r in rows})
-    rows = [r for r in rows if r.step_key == step]
-    if not rows:
-        raise UnknownStep(f"no step {step!r} in study {study} (steps: {', '.join(steps)})")
-    seeds = sorted({r.seed for r in rows})
-    pick_seed = seeds[0] if seed is None else seed
-    rows = [r for r in rows if r.seed == pick_seed]
-    if not rows:
-        raise UnknownStep(f"step {step} of {study} has no seed {seed} "
-                          f"(seeds: {', '.join(map(str, seeds))})")
-    if attempt is not None:
-        rows = [r for r in rows if r.attempt_no == attempt]
-        if not rows:
-            raise UnknownStep(f"{study} {step} seed {pick_seed} has no attempt {attempt}")
-    best = max(rows, key=lambda r: (r.artifact_dir is not None or attempt is not None,
-                                    r.attempt_no))
-    return pick_seed, best.attempt_no, best.id, best.artifact_dir, best.state
-
-
 def logs(
     study: StudyArgument,
     step: Annotated[str, typer.Argument(help="Step name, e.g. V1.")],
@@ -200,11 +165,14 @@ def logs(
 ) -> None:
     """Print an attempt's stdout.log (the trainer's output)."""
     from orchestrator.cli.workers_cmd import open_repo
+    from orchestrator.core.states import TERMINAL
     from workers.train.artifacts import LOG
 
+    ended = {s.value for s in TERMINAL} | {"queued"}
     with open_repo(db_url(db)) as repo:
-        pick_seed, no, attempt_id, artifact_dir, state = _find_attempt(
-            repo, study, step, seed, attempt)
+        ref = repo.find_attempt(study, step, seed, attempt)
+        pick_seed, no, attempt_id, artifact_dir, state = (
+            ref.seed, ref.attempt_no, ref.attempt_id, ref.artifact_dir, ref.state)
         if artifact_dir is None:
             say(f"{study} {step} seed {pick_seed} attempt {no} is {state} and has not run yet")
             return
@@ -227,7 +195,7 @@ def logs(
                 offset += len(chunk)
             if not follow:
                 return
-            if repo.attempt(attempt_id).state in ("succeeded", "failed", "timed_out", "lost",
-                                                  "cancelled", "queued") and not chunk:
+            now_state = repo.attempt(attempt_id).state
+            if now_state in ended and not chunk:
                 return
             time.sleep(1.0)

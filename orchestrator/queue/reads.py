@@ -15,9 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from orchestrator.core.errors import UnknownStep
 from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
 from orchestrator.core.views import RunView, Snapshot, StudyView, WorkerView
 from orchestrator.queue.schema import AttemptRow, EventRow, MetricRow, RunRow, StudyRow, WorkerRow
+from orchestrator.queue.types import AttemptRef
 
 LEASED = ("claimed", "running")
 RECENT_WORKERS = timedelta(minutes=10)
@@ -229,6 +231,37 @@ def metric_series(conn: Connection, attempt_ids: Sequence[int], names: Sequence[
         out[attempt_id].setdefault(name, []).append(
             (step, math.nan if value is None else float(value)))
     return out
+
+
+def find_attempt(conn: Connection, study_id: int, study: str, step: str, seed: int | None,
+                 attempt: int | None) -> AttemptRef:
+    """The attempt of a current run of `step` to show: the given seed (default the lowest)
+    and attempt number (default the latest that has an artifact dir, else the latest).
+    UnknownStep naming what exists otherwise."""
+    rows = conn.execute(
+        sa.select(RunRow.seed, AttemptRow.attempt_no, AttemptRow.id, AttemptRow.artifact_dir,
+                  AttemptRow.state, RunRow.step_key)
+        .join(RunRow, RunRow.id == AttemptRow.run_id)
+        .where(RunRow.study_id == study_id, RunRow.superseded_at.is_(None))
+    ).all()
+    steps = sorted({r.step_key for r in rows})
+    rows = [r for r in rows if r.step_key == step]
+    if not rows:
+        raise UnknownStep(f"no step {step!r} in study {study} (steps: {', '.join(steps)})")
+    seeds = sorted({r.seed for r in rows})
+    pick_seed = seeds[0] if seed is None else seed
+    rows = [r for r in rows if r.seed == pick_seed]
+    if not rows:
+        raise UnknownStep(f"step {step} of {study} has no seed {seed} "
+                          f"(seeds: {', '.join(map(str, seeds))})")
+    if attempt is not None:
+        rows = [r for r in rows if r.attempt_no == attempt]
+        if not rows:
+            raise UnknownStep(f"{study} {step} seed {pick_seed} has no attempt {attempt}")
+    best = max(rows, key=lambda r: (r.artifact_dir is not None or attempt is not None,
+                                    r.attempt_no))
+    return AttemptRef(seed=pick_seed, attempt_no=best.attempt_no, attempt_id=best.id,
+                      artifact_dir=best.artifact_dir, state=best.state)
 
 
 def events(conn: Connection, attempt_id: int) -> list[dict[str, Any]]:

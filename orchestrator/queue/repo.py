@@ -44,7 +44,7 @@ from orchestrator.queue.schema import (
     StudyRow,
     WorkerRow,
 )
-from orchestrator.queue.types import ClaimedAttempt, SubmitResult, finite_json
+from orchestrator.queue.types import AttemptRef, ClaimedAttempt, SubmitResult, finite_json
 
 __all__ = ["ClaimedAttempt", "QueueRepo", "SubmitResult"]
 
@@ -691,6 +691,13 @@ class QueueRepo:
             sid = self._study_id(conn, study)
             self._check_steps(conn, sid, study, steps)
             return history.study_history(conn, sid, steps, seed)
+
+    def find_attempt(self, study: str, step: str, seed: int | None = None,
+                     attempt: int | None = None) -> AttemptRef:
+        """The attempt `recip logs` shows (UnknownStudy / UnknownStep naming what exists)."""
+        with self._tx(read_only=True) as conn:
+            return reads.find_attempt(conn, self._study_id(conn, study), study, step, seed,
+                                      attempt)
 
     def events(self, attempt_id: int) -> list[dict[str, Any]]:
         """The attempt's events, oldest first: {id, at, kind, payload}."""

@@ -30,3 +30,9 @@ def test_study_names_complete_for_show_status_and_cancel(sqlite_url: str, tmp_pa
     assert complete("recip queue cancel x", sqlite_url) == []
     missing = f"sqlite:///{tmp_path / 'none.db'}"
     assert complete("recip show sm", missing) == [] and not (tmp_path / "none.db").exists()
+
+
+def test_short_f_means_follow_only(capsys) -> None:
+    # `-f` was --format in report and --follow in logs (issue 13 #9): now only --follow
+    assert run(["report", "x", "-f", "json"]) == 2
+    assert "No such option: -f" in capsys.readouterr().err
