@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -24,14 +25,19 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 
 
-def time_plan(spec: Path) -> tuple[float, int, str]:
-    """(seconds, exit code, last stderr line) of one full-scale `--plan`."""
+def time_plan(spec: Path) -> tuple[float, float, int, str]:
+    """(wall seconds, CPU seconds of the process and its probe children, exit code, last
+    stderr line) of one full-scale `--plan`. The CPU time is what a shared, loaded box cannot
+    inflate: on an idle 2-core box the wall time is about CPU / 2 plus the serial start."""
     argv = [sys.executable, "-m", "orchestrator.cli.app", "queue", "submit", str(spec), "--plan"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     tail = (proc.stderr.strip().splitlines() or [""])[-1]
-    return seconds, proc.returncode, tail
+    return seconds, cpu, proc.returncode, tail
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,15 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "plan.json")
     ns = p.parse_args(argv)
     rows = []
-    print(f"{'spec':<22} {'seconds':>8} {'exit':>4}  load  last line", flush=True)
+    print(f"{'spec':<22} {'wall s':>7} {'cpu s':>6} {'exit':>4}  load  last line", flush=True)
     for spec in ns.specs:
         runs = [time_plan(spec) for _ in range(ns.repeats)]
         seconds = statistics.median(r[0] for r in runs)
-        rc = max(r[1] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        rc = max(r[2] for r in runs)
         load = os.getloadavg()[0]
-        rows.append({"spec": spec.name, "seconds": round(seconds, 2), "exit": rc,
-                     "load_avg": load, "last_line": runs[-1][2]})
-        print(f"{spec.stem:<22} {seconds:8.1f} {rc:>4}  {load:4.1f}  {runs[-1][2][:70]}", flush=True)
+        rows.append({"spec": spec.name, "seconds": round(seconds, 2), "cpu_s": round(cpu, 2),
+                     "exit": rc, "load_avg": load, "last_line": runs[-1][3]})
+        print(f"{spec.stem:<22} {seconds:7.1f} {cpu:6.1f} {rc:>4}  {load:4.1f}  {runs[-1][3][:60]}",
+              flush=True)
     total = sum(r["seconds"] for r in rows)
     worst = max((r["seconds"] for r in rows), default=0.0)
     print(f"{'total':<22} {total:8.1f}        worst {worst:.1f} s, target {ns.target:.0f} s per spec, "
