@@ -1,4 +1,4 @@
-"""`python -m bench [all|train|mechanisms|queue|status|report|overhead|memory ...] [--quick]`
+"""`python -m bench [all|train|mechanisms|queue|status|report|overhead|memory|plan ...] [--quick]`
 
 One entry point for the benchmarks of issue 8. Each benchmark runs in its own process (its
 own torch state; memory_bench forks and needs a parent that did no tensor work), prints its
@@ -29,6 +29,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "status": ("bench.status_bench", [], ["--metrics", "100000", "--repeats", "3"]),
     "report": ("bench.report_bench", [], ["--quick"]),
     "overhead": ("bench.attempt_overhead", [], ["--rounds", "1"]),
+    "plan": ("bench.plan_bench", [], ["--specs", "ablations/smoke.yaml", "ablations/rmlp_prune.yaml"]),
 }
 
 

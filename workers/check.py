@@ -4,19 +4,31 @@ For the first run of each step: the model config is validated by constructing it
 device (parameter counts by part, the attention:MLP ratio), then a shrunken copy (n_layer <= 2,
 T <= 32, small vocabulary, the mechanism knobs kept) runs a CPU forward/backward that checks
 finite loss and gradients, causality, and that every enabled mechanism changes the output.
-Steps whose resolved models are identical are flagged.
+Steps whose resolved models are identical are flagged, and probed once: results are cached
+by the hash of the model config (knob defaults filled in), so a study whose steps share a
+model, or a second check of the same spec in one process, costs one probe per distinct model.
+
+A knob that looks inert at the shrunken width is judged again at the next widths up to the
+resolved one: a knob written as a fraction of a width (`R_ff_frac`) can round to its default
+at E96 and act at E768. The step's `probe` text names every width a knob was judged at.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.init
+from torch.overrides import TorchFunctionMode
 
 from models import registry
 from models.config import GPTConfig
@@ -69,7 +81,8 @@ class StepCheck:
     mechanisms: str = ""
     """`attn(knobs) + mlp(knobs)` as written in the resolved config."""
     probe: str = ""
-    """The shrunken shape the CPU probe ran at, e.g. `L2 H4 E64 T32`."""
+    """The shrunken shape the CPU probe ran at, e.g. `L2 H4 E64 T32`, then each knob that was
+    judged at a wider probe because it was inert at that shape: `; mlp.rmlp.R_ff_frac at E768`."""
     widths: dict[str, int] = field(default_factory=dict)
     """i14: the matmul widths built at the step's size (D_ff, R_ff, latent_dim, head_dim, ...)."""
     frozen_inert: dict[str, int] = field(default_factory=dict)
@@ -95,25 +108,94 @@ def _invalid(part: str, message: str, *, mechanism: str | None = None,
                     CheckError(part=part, message=message, slot=slot, mechanism=mechanism, knob=knob))
 
 
-def check_plan(plan: StudyPlan, steps: Sequence[str] | None = None) -> list[StepCheck]:
-    """Check the first run of each step (or of `steps`), in plan order."""
+Progress = Callable[[int, int, str], None]
+"""`progress(done, total, step)`: called after each distinct model is checked."""
+
+_CACHE: dict[str, StepCheck] = {}
+_CACHE_MAX = 256
+
+
+def check_plan(plan: StudyPlan, steps: Sequence[str] | None = None, *,
+               progress: Progress | None = None, jobs: int | None = None) -> list[StepCheck]:
+    """Check the first run of each step (or of `steps`), in plan order.
+
+    Each distinct model (by `model_hash`) is checked once, the distinct models in parallel on
+    `jobs` processes (default: the usable CPUs); later steps with the same model get the same
+    result and `identical_to` naming the first."""
     firsts: dict[str, RunPlan] = {}
     for run in plan.runs:
         if steps is None or run.step in steps:
             firsts.setdefault(run.step, run)
+    keys = {step: model_hash(run.config["model"]) for step, run in firsts.items()}
+    first_step: dict[str, str] = {}
+    for step, key in keys.items():
+        if key is not None:
+            first_step.setdefault(key, step)
+    by_key = {key: _CACHE[key] for key in first_step if key in _CACHE}
+    todo = {key: firsts[step].config["model"] for key, step in first_step.items() if key not in by_key}
+    done = len(by_key)
+    for key, check in _check_models(todo, jobs):
+        by_key[key] = _remember(key, check)
+        done += 1
+        if progress is not None:
+            progress(done, len(first_step), first_step[key])
     results: list[StepCheck] = []
-    seen_models: dict[str, str] = {}
-    for step, run in firsts.items():
-        check = check_model(run.config["model"], step=step)
-        key = _model_key(run.config["model"])
-        if key is not None and key in seen_models:
-            check = dataclasses.replace(
-                check, identical_to=seen_models[key],
-                intended_control=frozenset((step, seen_models[key])) in plan.controls)
-        elif key is not None:
-            seen_models[key] = step
-        results.append(check)
+    for step, key in keys.items():
+        if key is None:  # an invalid model: checked on its own, for its own error line
+            results.append(check_model(firsts[step].config["model"], step=step))
+            continue
+        identical = first_step[key] if first_step[key] != step else None
+        results.append(dataclasses.replace(
+            by_key[key], step=step, identical_to=identical,
+            intended_control=identical is not None
+            and frozenset((step, identical)) in plan.controls))
     return results
+
+
+def model_hash(model: Mapping[str, Any]) -> str | None:
+    """sha256 of the model config with every knob default filled in; None if it is invalid."""
+    key = _model_key(model)
+    return None if key is None else hashlib.sha256(key.encode()).hexdigest()
+
+
+def _remember(key: str, check: StepCheck) -> StepCheck:
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = check
+    return check
+
+
+def _check_models(models: Mapping[str, Mapping[str, Any]],
+                  jobs: int | None) -> Iterator[tuple[str, StepCheck]]:
+    """(key, check) per model, as each finishes. Each probe runs single-threaded (tiny
+    matrices; two intra-op threads per probe on a loaded box were 10x slower), so the probes
+    run side by side in forked processes, one per usable CPU."""
+    n = min(len(models), jobs if jobs is not None else _usable_cpus())
+    if n <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for key, model in models.items():
+            yield key, _check_one_thread(model)
+        return
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+        futures = {pool.submit(_check_one_thread, model): key for key, model in models.items()}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def _check_one_thread(model: Mapping[str, Any]) -> StepCheck:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return check_model(model)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def check_model(model: Mapping[str, Any], *, step: str = "") -> StepCheck:
@@ -149,7 +231,8 @@ def check_model(model: Mapping[str, Any], *, step: str = "") -> StepCheck:
     return StepCheck(step=step, ok=ok, error=error, error_at=at, params=params,
                      attn_mlp_ratio=ratio,
                      causal=probe.causal, mechanisms_active=probe.active, warnings=tuple(probe.warnings),
-                     mechanisms=label, probe=probe.shape, widths=widths, frozen_inert=inert)
+                     mechanisms=label, probe=probe.describe(), widths=widths,
+                     frozen_inert=inert)
 
 
 # ----------------------------------------------------------------------------------------
@@ -240,8 +323,8 @@ def _config(model: Mapping[str, Any]) -> GPTConfig:
 
 
 def _validate(cfg: GPTConfig) -> GPT:
-    """Knobs first, then each slot's module on meta (so an error names the slot that failed),
-    then the whole model on meta, which is returned."""
+    """Knobs first, then the whole model on meta, which is returned; when it does not build,
+    each slot's module on its own, so the error names the slot that failed."""
     for slot, word in SLOTS:
         name, knobs = (cfg.attn, cfg.attn_knobs) if slot == "attn" else (cfg.mlp, cfg.mlp_knobs)
         try:
@@ -253,19 +336,44 @@ def _validate(cfg: GPTConfig) -> GPT:
             unknown = sorted(set(knobs) - known)
             raise _invalid(word, _one_line(e), mechanism=name,
                            knob=unknown[0] if unknown else None) from None
-    for slot, word in SLOTS:
+    try:
+        with torch.device("meta"), _SkipInitOnMeta():
+            return GPT(cfg)
+    except (ValueError, TypeError, AssertionError) as e:
+        whole = e
+    for slot, word in SLOTS:  # which slot fails on its own? (else the error is the model's)
         name = cfg.attn if slot == "attn" else cfg.mlp
         try:
-            with torch.device("meta"):
+            with torch.device("meta"), _SkipInitOnMeta():
                 for layer in range(min(cfg.n_layer, 2)):
                     registry.build(slot, cfg, layer)
         except (ValueError, TypeError, AssertionError) as e:
             raise _invalid(word, _one_line(e), mechanism=name) from None
-    try:
-        with torch.device("meta"):
-            return GPT(cfg)
-    except (ValueError, TypeError, AssertionError) as e:
-        raise _invalid("model", _one_line(e)) from None
+    raise _invalid("model", _one_line(whole)) from None
+
+
+_INIT_FUNCS = frozenset(
+    {getattr(torch.nn.init, n) for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")}
+    | {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_, torch.Tensor.fill_,
+       torch.Tensor.copy_})
+
+
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Used inside `torch.device("meta")`: initialisers are no-ops on meta tensors (they have
+    no values) and `torch.eye` is a plain meta tensor of its shape. Without this, meta
+    `normal_` runs torch's Python reference kernels, which import torch._dynamo (~1.5 s) and
+    cost ~0.3 s per 124M build."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.eye:  # also a Python reference kernel on meta; only its shape matters
+            n = args[0] if args else kwargs["n"]
+            m = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("m", n)
+            return torch.empty(n, m, dtype=kwargs.get("dtype"), device="meta")
+        target = args[0] if args else kwargs.get("tensor")
+        if func in _INIT_FUNCS and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
 
 
 def _label(model: Mapping[str, Any]) -> str:
@@ -314,6 +422,12 @@ class _Probe:
     active: bool | None = None
     inert: list[CheckError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    judged: list[str] = field(default_factory=list)
+    """Knobs inert at `shape` that act at a wider probe, e.g. `mlp.rmlp.R_ff_frac at E768`."""
+
+    def describe(self) -> str:
+        """`L2 H12 E96 T32`, plus `; mlp.rmlp.R_ff_frac at E768` for knobs judged wider."""
+        return "; ".join([self.shape, *self.judged])
 
 
 def _probe_configs(cfg: GPTConfig) -> Iterator[GPTConfig]:
@@ -332,16 +446,18 @@ def _build(cfg: GPTConfig, seed: int = 0) -> GPT:
 def _probe(cfg: GPTConfig) -> _Probe:
     with torch.random.fork_rng(devices=[]):
         last: BaseException | None = None
-        for small in _probe_configs(cfg):
+        sizes = list(_probe_configs(cfg))
+        for i, small in enumerate(sizes):
             try:
                 model = _build(small)
+                larger = sizes[i + 1:]
                 break
             except (ValueError, TypeError, AssertionError) as e:
                 last = e
         else:
             raise _invalid("probe", f"no shrunken size builds ({_one_line(last or ValueError())})")
         try:
-            return _run_probe(model, small)
+            return _run_probe(model, small, larger=larger)
         except (RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
             raise _invalid("probe", f"forward/backward failed: {type(e).__name__}: {_one_line(e)}") from None
 
@@ -352,7 +468,7 @@ def _logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _run_probe(model: GPT, cfg: GPTConfig) -> _Probe:
+def _run_probe(model: GPT, cfg: GPTConfig, larger: Sequence[GPTConfig] = ()) -> _Probe:
     T = cfg.block_size
     probe = _Probe(shape=f"L{cfg.n_layer} H{cfg.n_head} E{cfg.n_embd} T{T}")
     gen = torch.Generator().manual_seed(1)
@@ -391,7 +507,7 @@ def _run_probe(model: GPT, cfg: GPTConfig) -> _Probe:
         probe.inert.append(CheckError("probe", "the output equals the GPT-2 baseline built "
                                                "with the same seed"))
     for slot, word in SLOTS:
-        probe_inert_knobs(model, cfg, slot, word, idx, probe)
+        probe_inert_knobs(model, cfg, slot, word, idx, probe, larger=larger)
     probe.active = not probe.inert
     return probe
 
@@ -427,11 +543,12 @@ def _same_after_a_step(a: GPT, b: GPT, idx: torch.Tensor) -> bool:
     x, y = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
     for m in (a, b):
         m.train()
-        params = [p for p in m.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=1.0)
         _, loss = m(x, y)
         loss.backward()
-        opt.step()
+        with torch.no_grad():  # plain SGD, lr 1 (torch.optim would import torch._dynamo, ~1.5 s)
+            for p in m.parameters():
+                if p.requires_grad and p.grad is not None:
+                    p.sub_(p.grad)
         m.eval()
     return _same_output(a, b, idx)
 
@@ -441,15 +558,48 @@ def _enabling(default: Any, value: Any) -> bool:
     return (default is None or default is False or default == 0) and value not in (None, False, 0, 0.0)
 
 
+def _knob_acts(model: GPT, cfg: GPTConfig, slot: str, knob: str, default: Any,
+               idx: torch.Tensor) -> bool | None:
+    """Does `knob` change the output or a training step of `model` (built from `cfg`)? The
+    model is rebuilt with the knob at its default and the same weights; None if that rebuild
+    does not build."""
+    given = cfg.attn_knobs if slot == "attn" else cfg.mlp_knobs
+    ablated_knobs = {**given, knob: default}
+    ablated_cfg = (dataclasses.replace(cfg, attn_knobs=ablated_knobs) if slot == "attn"
+                   else dataclasses.replace(cfg, mlp_knobs=ablated_knobs))
+    try:
+        other = _build(ablated_cfg, seed=1)
+    except (ValueError, TypeError, AssertionError):
+        return None
+    state, own = model.state_dict(), other.state_dict()
+    other.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
+    return not (_same_output(other, model, idx) and _same_after_a_step(other, model, idx))
+
+
+def _acts_when_wider(larger: Sequence[GPTConfig], slot: str, knob: str, default: Any) -> GPTConfig | None:
+    """The first of the `larger` probe sizes at which `knob` acts, or None."""
+    for wide in larger:
+        try:
+            model = _build(wide)
+        except (ValueError, TypeError, AssertionError):
+            continue
+        gen = torch.Generator().manual_seed(1)
+        idx = torch.randint(0, wide.vocab_size, (2, wide.block_size), generator=gen)
+        if _knob_acts(model, wide, slot, knob, default, idx):
+            return wide
+    return None
+
+
 def probe_inert_knobs(model: GPT, cfg: GPTConfig, slot: str, word: str, idx: torch.Tensor,
-                      probe: _Probe) -> None:
-    """Rebuild without each enabling knob (same weights); an unchanged output means the knob is inert."""
+                      probe: _Probe, larger: Sequence[GPTConfig] = ()) -> None:
+    """Rebuild without each enabling knob (same weights); an unchanged output means the knob is
+    inert at this size. An inert knob is judged again at each of the `larger` sizes (up to the
+    resolved width): it is inert only if it acts at none of them."""
     name, given = (cfg.attn, cfg.attn_knobs) if slot == "attn" else (cfg.mlp, cfg.mlp_knobs)
     knobs = registry.make_knobs(name, slot, given)
     defaults = {f.name: f.default for f in dataclasses.fields(knobs)}
     forced = bool(getattr(knobs, "force_gates_open", False))
     post_train = frozenset(getattr(type(knobs), "POST_TRAIN", frozenset()))
-    state = model.state_dict()
     for knob, value in given.items():
         if knob not in defaults or not _enabling(defaults[knob], value) or knob == "force_gates_open":
             continue
@@ -465,19 +615,19 @@ def probe_inert_knobs(model: GPT, cfg: GPTConfig, slot: str, word: str, idx: tor
                 probe.warnings.append(f"{word}.{name}.{knob}={value!r} acts after training "
                                       f"(post_train); not probed in the forward")
             continue
-        ablated_knobs = {**given, knob: defaults[knob]}
-        ablated_cfg = (dataclasses.replace(cfg, attn_knobs=ablated_knobs) if slot == "attn"
-                       else dataclasses.replace(cfg, mlp_knobs=ablated_knobs))
-        try:
-            other = _build(ablated_cfg, seed=1)
-        except (ValueError, TypeError, AssertionError):
+        acts = _knob_acts(model, cfg, slot, knob, defaults[knob], idx)
+        if acts is None or acts:
             continue
-        own = other.state_dict()
-        other.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
-        if _same_output(other, model, idx) and _same_after_a_step(other, model, idx):
-            what = (f"{word}.{name}.{knob}={value!r} changes neither the output nor a training step "
-                    f"(same weights with {knob}={defaults[knob]!r})")
-            if forced:
-                probe.warnings.append(f"{what}: force_gates_open makes it the identity (§5)")
-            else:
-                probe.inert.append(CheckError("probe", what, slot=word, mechanism=name, knob=knob))
+        if forced:  # the identity by design: no wider size will change that
+            probe.warnings.append(f"{word}.{name}.{knob}={value!r} changes neither the output nor "
+                                  f"a training step (same weights with {knob}={defaults[knob]!r}): "
+                                  "force_gates_open makes it the identity (§5)")
+            continue
+        wide = _acts_when_wider(larger, slot, knob, defaults[knob])
+        if wide is not None:
+            probe.judged.append(f"{word}.{name}.{knob} at E{wide.n_embd}")
+            continue
+        widths = ", ".join(f"E{c.n_embd}" for c in (cfg, *larger))
+        what = (f"{word}.{name}.{knob}={value!r} changes neither the output nor a training "
+                f"step (same weights with {knob}={defaults[knob]!r}; probed at {widths})")
+        probe.inert.append(CheckError("probe", what, slot=word, mechanism=name, knob=knob))

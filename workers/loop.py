@@ -18,7 +18,6 @@ import functools
 import logging
 import math
 import os
-import re
 import signal
 import socket
 import threading
@@ -28,6 +27,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from orchestrator.core import ids
 from orchestrator.core.errors import LeaseLost, QueueError, StaleTransition
 from orchestrator.core.states import AttemptState, FailureKind
 from workers import provenance as prov
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ATTEMPT_INFO = artifacts.ATTEMPT_INFO
-_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 
 
 class ClaimedAttemptLike(Protocol):
@@ -371,12 +370,13 @@ class WorkerLoop:
 
     def _prepare_dir(self, claimed: ClaimedAttemptLike, code: prov.CodeState
                      ) -> tuple[Path, Path | None]:
-        parts = [claimed.study, claimed.step, f"seed{claimed.seed}",
-                 f"attempt{claimed.attempt_no}"]
-        for part in parts:
-            if not _SAFE_PART.fullmatch(part):
-                raise ArtifactDirTaken(f"unsafe name {part!r} in the artifact path")
-        outdir = self.settings.runs_dir.joinpath(*parts)
+        try:
+            outdir = ids.attempt_dir(self.settings.runs_dir, study=claimed.study,
+                                     step=claimed.step, seed=claimed.seed,
+                                     config_hash=claimed.config_hash, run_id=claimed.run_id,
+                                     attempt_no=claimed.attempt_no)
+        except ValueError as e:
+            raise ArtifactDirTaken(f"no artifact path for this attempt: {e}") from None
         info = {
             "attempt_id": claimed.attempt_id, "attempt_no": claimed.attempt_no,
             "run_id": claimed.run_id, "study": claimed.study, "step": claimed.step,
@@ -384,6 +384,12 @@ class WorkerLoop:
             "db": self.settings.db_label, "worker_id": self.worker_id,
             "code_sha": code.sha, "code_dirty": code.dirty,
             "claimed_at": self.clock.now().isoformat(),
+            "wandb_run_id": ids.wandb_run_id(
+                db_identity=self.settings.db_label, study=claimed.study, step=claimed.step,
+                seed=claimed.seed, config_hash=claimed.config_hash,
+                attempt_no=claimed.attempt_no),
+            "wandb_run_name": ids.wandb_run_name(claimed.study, claimed.step, claimed.seed,
+                                                 claimed.attempt_no),
         }
         resume_from: Path | None = None
         if outdir.exists():
@@ -391,9 +397,12 @@ class WorkerLoop:
             same = isinstance(old, dict) and all(
                 old.get(k) == info[k] for k in ("attempt_id", "run_id", "db", "config_hash"))
             if not same:
+                owner = old.get("db") if isinstance(old, dict) else None
                 raise ArtifactDirTaken(
-                    f"artifact dir {outdir} already exists and belongs to another attempt "
-                    "(another database used this runs dir?): move it away or use --runs-dir")
+                    f"artifact dir {outdir} already exists and belongs to another attempt"
+                    + (f" of database {owner}" if owner and owner != info["db"] else "")
+                    + ": this runs dir is another database's; give each database its own "
+                    "(`--runs-dir DIR`) or move that directory away")
             # the same attempt, requeued by a clean stop: resume in place
             for name in (artifacts.RESULT, artifacts.PROGRESS):
                 if (outdir / name).exists():

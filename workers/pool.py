@@ -137,16 +137,19 @@ class WorkerPool:
             picked = _parse_gpus(c.gpus)
             if picked is None:
                 if not local_gpus:
-                    raise WorkerError("--gpus all: this machine has no GPU (nvidia-smi lists "
-                                      "none); use --cpu-workers N")
+                    why = ("nvidia-smi lists none" if shutil.which("nvidia-smi") else
+                           "there is no nvidia-smi, so no NVIDIA driver")
+                    raise WorkerError(f"--gpus all: this machine has no GPU ({why}); "
+                                      "use --cpu-workers N")
                 wanted = local_gpus
             else:
                 missing = [g for g in picked if g not in local_gpus]
                 if missing:
-                    have = ",".join(map(str, local_gpus)) or "none"
+                    fix = (f"(GPUs: {','.join(map(str, local_gpus))}); pick from those or use "
+                           "--gpus all" if local_gpus else "; use --cpu-workers N")
                     raise WorkerError(
                         f"--gpus {c.gpus}: asked for {len(picked)} GPU(s) but this machine has "
-                        f"{len(local_gpus)} (GPUs: {have}); pick from those or use --gpus all")
+                        f"{len(local_gpus)} {fix}".replace(" ;", ";"))
                 wanted = picked
         elif not c.cpu_workers and local_gpus:
             wanted = local_gpus

@@ -12,7 +12,6 @@ left for result.json. A full disk (ENOSPC/EDQUOT anywhere, also wrapped by torch
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -28,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from orchestrator.core import ids
 from orchestrator.core.ids import config_hash
 from workers.train import artifacts, disk
 
@@ -73,13 +73,18 @@ def _code_sha(outdir: Path) -> str:
     return str(sha or os.environ.get("RECIP_CODE_SHA") or "unknown")
 
 
-def _attempt_label(outdir: Path) -> str:
-    info = artifacts.read_json(outdir / artifacts.ATTEMPT_INFO)
-    if isinstance(info, dict):
-        for key in ("attempt_id", "attempt_no", "attempt"):
-            if info.get(key) is not None:
-                return str(info[key])
-    return hashlib.sha256(str(outdir.resolve()).encode()).hexdigest()[:8]
+def _wandb_ids(outdir: Path, study: str, step: str, seed: int, chash: str) -> tuple[str, str]:
+    """(W&B run id, run name): the ones the worker wrote into attempt.json (built by
+    `orchestrator.core.ids` from the database, the run and the attempt number), else, for an
+    attempt started by hand, the same builder keyed by this directory's absolute path."""
+    info = artifacts.read_json(outdir / "attempt.json")
+    if isinstance(info, dict) and info.get("wandb_run_id") and info.get("wandb_run_name"):
+        return str(info["wandb_run_id"]), str(info["wandb_run_name"])
+    no = info.get("attempt_no") if isinstance(info, dict) else None
+    attempt_no = int(no) if isinstance(no, int) and no >= 1 else 1
+    return (ids.wandb_run_id(db_identity=f"dir:{outdir.resolve()}", study=study, step=step,
+                             seed=seed, config_hash=chash, attempt_no=attempt_no),
+            ids.wandb_run_name(study, step, seed, attempt_no))
 
 
 def carry_metrics(src: Path, dst: Path, upto: int) -> int:
@@ -292,12 +297,13 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
     # -- sinks
     sinks: list[MetricsSink] = [JsonlSink(outdir / artifacts.METRICS)]
     if cfg.wandb.mode != "disabled":
+        run_id, run_name = _wandb_ids(outdir, cfg.study, cfg.step, cfg.seed, result["config_hash"])
         sinks.append(WandbSink(
-            study=cfg.study, step=cfg.step, seed=cfg.seed, attempt=_attempt_label(outdir),
+            run_id=run_id, name=run_name, study=cfg.study, step=cfg.step,
             mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
             directory=outdir, config=raw,
             tags=[f"study:{cfg.study[:58]}", f"step:{cfg.step[:59]}", f"seed:{cfg.seed}",
-                  f"attempt:{_attempt_label(outdir)}", f"config:{chash[:12]}",
+                  f"attempt:{run_name.rsplit('/attempt', 1)[-1]}", f"config:{result['config_hash'][:12]}",
                   f"commit:{_code_sha(outdir)[:12]}"]))
     sink = TeeSink(*sinks)
 

@@ -43,7 +43,10 @@ def check(
     overrides = Overrides(preset=preset, sets=tuple(parse_set(a) for a in sets or ()))
     plan = resolve(spec, presets=PRESETS, vocab=TOKENIZER_VOCAB, overrides=overrides,
                    steps=split_csv(steps), source=str(file))
-    checks = check_plan(plan)
+    from orchestrator.cli.render import check_progress
+
+    with check_progress(plan) as progress:
+        checks = check_plan(plan, progress=progress)
     if json_out:
         emit_json([c.to_dict() for c in checks])
     else:

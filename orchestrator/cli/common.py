@@ -1,4 +1,5 @@
-"""Shared CLI plumbing: the --db option, URL redaction, stderr narration, JSON output."""
+"""Shared CLI plumbing: the --db option, the override options of `queue submit` and `run`
+(declared once here), URL redaction, stderr narration, JSON output."""
 
 from __future__ import annotations
 
@@ -33,6 +34,49 @@ SetOption = Annotated[
         show_default=False,
     ),
 ]
+
+StepsOption = Annotated[str | None, typer.Option(
+    "--steps", help="Only these steps, comma-separated (e.g. V1,V3).", show_default=False)]
+NoCheckOption = Annotated[bool, typer.Option(
+    "--no-check", help="Skip the CPU dry-run of every step's model and the dataset checks.")]
+PresetOption = Annotated[str | None, typer.Option(
+    "--preset", help="Model size preset for every step (replaces the spec's sizes and applies "
+    "the preset's run-scale train settings: batch, grad_accum, evals).", show_default=False)]
+DatasetOption = Annotated[str | None, typer.Option(
+    "--dataset", help="Dataset for every step (kjv, text:PATH, hf:NAME).", show_default=False)]
+TokenizerOption = Annotated[str | None, typer.Option(
+    "--tokenizer", help="Tokenizer for every step (gpt2 or byte).", show_default=False)]
+TimeOption = Annotated[float | None, typer.Option(
+    "--time", help="Training budget in seconds for every step (replaces the spec's budget).",
+    show_default=False)]
+MaxItersOption = Annotated[int | None, typer.Option(
+    "--max-iters", help="Iteration budget for every step (replaces the spec's budget).",
+    show_default=False)]
+SeedsOption = Annotated[str | None, typer.Option(
+    "--seeds", help="Seeds for every step, comma-separated (e.g. 1,2).", show_default=False)]
+
+
+def complete_study(incomplete: str) -> list[str]:
+    """Shell completion of a study name from the default database ($RECIP_DB_URL or the
+    embedded SQLite file); nothing when that database cannot be read."""
+    from orchestrator.queue.db import parse_url, sqlite_path
+
+    url = db_url(None)
+    try:
+        parsed = parse_url(url)
+        if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
+            return []  # never create the database from a <TAB>
+        from orchestrator.queue.repo import QueueRepo
+
+        with QueueRepo.open(url) as repo:
+            names = repo.study_names()
+    except Exception:  # noqa: BLE001 - completion must never print a traceback into the shell
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+StudyArgument = Annotated[str, typer.Argument(
+    help="Study name (see `recip queue ls`).", show_default=False, autocompletion=complete_study)]
 
 
 def db_url(given: str | None) -> str:

@@ -7,10 +7,10 @@ argument and never read the clock or the database, so tests print them into
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.cli.format import fmt_overrides
 from orchestrator.core import ids
 from orchestrator.core.plan import RunPlan, StudyPlan
 from orchestrator.core.states import LEASED
@@ -47,6 +48,34 @@ def make_console(file: IO[str] | None = None, *, width: int | None = None) -> Co
 def print_renderable(renderable: RenderableType, console: Console | None = None) -> None:
     """Print to stdout (data)."""
     (console or make_console()).print(renderable)
+
+
+@contextlib.contextmanager
+def check_progress(plan: StudyPlan, *, console: Console | None = None,
+                   after_s: float = 1.0) -> Iterator[Callable[[int, int, str], None]]:
+    """A progress bar on stderr for the model checks of `plan`, drawn only on a terminal and
+    only once the checks have taken `after_s`; yields the `progress(done, total, step)`
+    callback of `workers.check.check_plan`. The bar is transient: it leaves no lines behind."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(file=sys.stderr, highlight=False)
+    bar = Progress(TextColumn("checking models"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                   transient=True, disable=not console.is_terminal)
+    t0 = time.monotonic()
+    task: list[Any] = []
+
+    def progress(done: int, total: int, step: str) -> None:
+        if not task and time.monotonic() - t0 >= after_s:
+            bar.start()
+            task.append(bar.add_task("", total=total))
+        if task:
+            bar.update(task[0], completed=done, total=total, description=f"step {step}")
+
+    try:
+        yield progress
+    finally:
+        bar.stop()
 
 
 def live(frame: Callable[[], tuple[RenderableType, bool]], *, interval: float = 2.0,
@@ -207,11 +236,65 @@ def _num(v: float | None, fmt: str = "{:.3f}") -> str:
 
 
 STATUS_COLUMNS: tuple[tuple[str, bool, int | None], ...] = (
-    # name, right-aligned, max width
+    # name, right-aligned, max width; a run's flags go on their own line below it, in full
     ("step", False, 24), ("seed", True, None), ("att", True, None), ("state", False, None),
-    ("worker", False, 16), ("iter", True, None), ("train", True, None),
-    ("val_loss", True, None), ("heartbeat", True, None), ("flags", False, None),
+    ("worker", False, 16), ("iter", True, None), ("train", True, None), ("loss", True, None),
+    ("val_loss", True, None), ("tok/s", True, None), ("heartbeat", True, None),
 )
+TERMINAL_STATES = ("succeeded", "failed", "timed_out", "lost", "cancelled")
+BAR = 20
+
+
+def tokens_per_s(run: RunView) -> float | None:
+    """Measured training throughput of the run's latest attempt."""
+    if not run.tokens or not run.train_s:
+        return None
+    return run.tokens / run.train_s
+
+
+def _remaining_s(run: RunView, typical: float | None) -> float | None:
+    """Training seconds the run still needs: its time budget left, else what its measured
+    fraction implies, else (queued, no time budget) the typical run's length."""
+    if run.state in TERMINAL_STATES:
+        return 0.0
+    used = run.train_s or 0.0
+    if run.budget_s:
+        return max(run.budget_s - used, 0.0)
+    if run.fraction and run.train_s:
+        return run.train_s / run.fraction * (1 - run.fraction)
+    return typical
+
+
+def study_progress(study: StudyView, *, workers: int = 0) -> Text:
+    """`[██████░░░░] 3/8 runs done · budget 1.5/4.0h · ETA ~1.2h at 2 in parallel`: runs
+    finished, training time used of the time budgets, and the time left from the budgets and
+    the measured fraction of the runs without one, spread over the runs that train at once."""
+    runs = study.runs
+    done = sum(1 for r in runs if r.state in TERMINAL_STATES)
+    total = len(runs)
+    filled = round(BAR * done / total) if total else 0
+    out = Text("[")
+    out.append("█" * filled, style="green")
+    out.append("░" * (BAR - filled), style="dim")
+    out.append(f"] {done}/{total} runs done")
+    budget = sum(r.budget_s or 0.0 for r in runs)
+    if budget:
+        used = sum(min(r.train_s or 0.0, r.budget_s or 0.0) if r.state not in TERMINAL_STATES
+                   else (r.budget_s or 0.0) for r in runs)
+        out.append(f" · budget {fmt_seconds(round(used))}/{fmt_seconds(round(budget))} used")
+    lengths = [r.train_s / r.fraction for r in runs if r.fraction and r.train_s]
+    lengths += [r.budget_s for r in runs if r.budget_s]
+    typical = sum(lengths) / len(lengths) if lengths else None
+    left = [_remaining_s(r, typical) for r in runs]
+    if done < total:
+        running = sum(1 for r in runs if r.state in ("claimed", "running"))
+        parallel = max(running, workers, 1)
+        if any(x is None for x in left):
+            out.append(" · ETA unknown (no budget or progress yet)")
+        else:
+            eta = sum(x or 0.0 for x in left) / parallel
+            out.append(f" · ETA ~{fmt_seconds(max(round(eta), 1))} at {parallel} in parallel")
+    return out
 
 
 def text_table(columns: tuple[tuple[str, bool, int | None], ...],
@@ -247,37 +330,63 @@ def text_table(columns: tuple[tuple[str, bool, int | None], ...],
     return out
 
 
-def render_study(study: StudyView, *, db: str, now: datetime) -> RenderableType:
-    """Header line (name, counts, DB, time) over one row per run."""
+def render_study(study: StudyView, *, db: str, now: datetime, workers: int = 0) -> RenderableType:
+    """Header line (name, counts, DB, time), the study's progress bar and ETA, then one row
+    per run; a run's flags follow on their own indented line, never cut."""
     header = Text.assemble(
         (study.name, "bold"), "  ", counts_line(study.counts), "   ", (db, "dim"),
         "   ", now.astimezone(UTC).strftime("%H:%M:%S"),
     )
     rows = []
+    flags: dict[int, str] = {}
     for r in study.runs:
         state = r.state or "new"
         label = f"{state}:{r.failure_kind}" if r.failure_kind else state
+        rate = tokens_per_s(r)
         rows.append([
             Text(r.step), Text(str(r.seed)),
             Text(DASH if r.attempt_no is None else str(r.attempt_no)),
             Text(label, style=STATE_STYLE.get(state, "")),
             Text(r.worker or DASH), Text(_num(r.iter, "{}")), Text(fmt_train(r)),
-            Text(_num(r.val_loss)), heartbeat_cell(r, now), Text(", ".join(r.flags)),
+            Text(_num(r.loss)), Text(_num(r.val_loss)),
+            Text(DASH if rate is None else fmt_count(rate)), heartbeat_cell(r, now),
         ])
-    return Group(header, text_table(STATUS_COLUMNS, rows))
+        if r.flags:
+            flags[len(rows) - 1] = ", ".join(r.flags)
+    table = text_table(STATUS_COLUMNS, rows)
+    if not flags:
+        return Group(header, study_progress(study, workers=workers), table)
+    pieces: list[RenderableType] = [header, study_progress(study, workers=workers)]
+    for i, line in enumerate(table.split("\n")):  # line 0 is the column header
+        line.no_wrap, line.overflow = True, "ellipsis"
+        pieces.append(line)
+        if i - 1 in flags:
+            pieces.append(Text.assemble("    flags: ", (flags[i - 1], "yellow")))
+    return Group(*pieces)
 
 
-def render_workers(workers: Iterable[WorkerView], *, now: datetime) -> Table | None:
+def attempt_names(snapshot: Snapshot) -> dict[int, str]:
+    """attempt id -> `study V1 seed 2 attempt 3`, as `recip show` numbers attempts."""
+    return {r.attempt_id: f"{s.name} {r.step} seed {r.seed} attempt {r.attempt_no}"
+            for s in snapshot.studies for r in s.runs if r.attempt_id is not None}
+
+
+def render_workers(workers: Iterable[WorkerView], *, now: datetime,
+                   names: Mapping[int, str] | None = None) -> Table | None:
+    """The live workers; `attempt` names the attempt each one runs as `recip show` does
+    (study, step, seed, attempt number), never the database's internal id."""
     live_workers = [w for w in workers if w.stopped_at is None]
     if not live_workers:
         return None
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold",
                   title="workers", title_justify="left", title_style="bold")
     for name in ("worker", "host", "gpu", "pid", "attempt", "heartbeat"):
-        table.add_column(name, no_wrap=True)
+        table.add_column(name, no_wrap=name != "attempt")
     for w in live_workers:
-        table.add_row(w.id, w.host, w.gpu or DASH, _num(w.pid, "{}"),
-                      _num(w.current_attempt, "{}"),
+        current = DASH
+        if w.current_attempt is not None:
+            current = (names or {}).get(w.current_attempt, "another study's attempt")
+        table.add_row(w.id, w.host, w.gpu or DASH, _num(w.pid, "{}"), current,
                       fmt_age(now - _aware(w.last_heartbeat)) if w.last_heartbeat else DASH)
     return table
 
@@ -286,13 +395,14 @@ def render_status(snapshot: Snapshot, *, now: datetime | None = None) -> Rendera
     """Every study in the snapshot, then the live workers."""
     now = _aware(now or snapshot.taken_at)
     parts: list[RenderableType] = []
+    live = sum(1 for w in snapshot.workers if w.stopped_at is None)
     for study in snapshot.studies:
         if parts:
             parts.append(Text(""))
-        parts.append(render_study(study, db=snapshot.db, now=now))
+        parts.append(render_study(study, db=snapshot.db, now=now, workers=live))
     if not parts:
         parts.append(Text(f"no studies in {snapshot.db}", style="dim"))
-    workers = render_workers(snapshot.workers, now=now)
+    workers = render_workers(snapshot.workers, now=now, names=attempt_names(snapshot))
     if workers is not None:
         parts.extend([Text(""), workers])
     return Group(*parts)
@@ -315,17 +425,8 @@ def render_studies(snapshot: Snapshot) -> Table:
 def plan_header(plan: StudyPlan) -> str:
     code = plan.code_policy if plan.pinned_sha is None else f"pinned {plan.pinned_sha[:10]}"
     head = f"study {plan.name}   spec {ids.short(plan.spec_hash)}   code {code}"
-    if plan.overrides:
-        head += "\noverrides: " + " ".join(_flag(k, v) for k, v in plan.overrides.items())
-    return head
-
-
-def _flag(key: str, value: Any) -> str:
-    if key == "set":
-        return " ".join(f"--set {path}={v if isinstance(v, str) else json.dumps(v)}"
-                        for path, v in value.items())
-    shown = ",".join(map(str, value)) if isinstance(value, list) else value
-    return f"--{key.replace('_', '-')} {shown}"
+    lines = fmt_overrides(plan.overrides)
+    return "\n".join([head, *lines])
 
 
 def render_plan(plan: StudyPlan, params: Mapping[str, int] | None = None) -> RenderableType:

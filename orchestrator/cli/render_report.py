@@ -94,11 +94,12 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-def render_report(report: Report) -> RenderableType:
-    """Header, steps, deltas, cumulative/monotonicity, expected ranges, rules, flags."""
+def render_report(report: Report, notes: Sequence[str] = ()) -> RenderableType:
+    """Header, the overrides `notes`, steps, deltas, cumulative/monotonicity, expected ranges, rules, flags."""
     parts: list[RenderableType] = [Text.assemble(
         (f"{report.study}", "bold"),
         f"  metric {report.metric}  alpha {report.alpha:g}  margin {report.margin:g}")]
+    parts += [Text(line, style="yellow") for line in notes]
     if report.description:
         parts.append(Text(report.description, style="dim"))
     parts.append(Text(f"method: {report.method}", style="dim"))

@@ -6,8 +6,9 @@ from __future__ import annotations
 import enum
 import io
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
 
 def report(
     study: Annotated[str, typer.Argument(help="Study name (see `recip queue ls`).")],
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     plot: Annotated[Path | None, typer.Option(
         "--plot", help="Write PNG plots (curves, deltas, gates) into this directory.")] = None,
     out: Annotated[Path | None, typer.Option(
@@ -56,6 +57,7 @@ def report(
     at equal tokens; expected ranges, rules, flags."""
     if json_out:
         fmt = Format.json
+    from orchestrator.core.results import overrides_lines
     from orchestrator.queue.repo import QueueRepo
     from orchestrator.report.analysis import analyze
 
@@ -76,7 +78,8 @@ def report(
             say(f"wrote {p}")
         if not plots:
             say("no plots: no finished step has metrics yet")
-    text = render_text(rep, fmt, plots, out)
+    text = render_text(rep, fmt, plots, out, overrides=results.overrides,
+                       notes=overrides_lines(results.overrides, results.spec))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
@@ -110,16 +113,18 @@ def load_series(repo: QueueRepo, results: StudyResults) -> MetricSeries:
     return series
 
 
-def render_text(rep: Report, fmt: Format, plots: list[Path], out: Path | None) -> str:
+def render_text(rep: Report, fmt: Format, plots: list[Path], out: Path | None, *,
+                overrides: dict[str, Any] | None = None, notes: Sequence[str] = ()) -> str:
     from orchestrator.report.export import to_json, to_markdown
 
     if fmt is Format.json:
-        return to_json(rep)
+        return to_json(rep, overrides)
     if fmt is Format.md:
-        return to_markdown(rep, plots, relative_to=out.parent if out is not None else None)
+        return to_markdown(rep, plots, relative_to=out.parent if out is not None else None,
+                           notes=notes)
     from orchestrator.cli.render_report import make_console, render_report
 
     buf = io.StringIO()
     colour = out is None and sys.stdout.isatty()
-    make_console(buf, width=100, colour=colour).print(render_report(rep))
+    make_console(buf, width=100, colour=colour).print(render_report(rep, notes))
     return buf.getvalue()

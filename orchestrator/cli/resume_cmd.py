@@ -10,7 +10,6 @@ between. Git runs as argument lists on commits read from the database, checked t
 from __future__ import annotations
 
 import enum
-import json
 import re
 import socket
 import subprocess
@@ -21,7 +20,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orchestrator.cli.common import DbOption, JsonOption, db_url, emit_json, say, split_csv
+from orchestrator.cli.common import (
+    DbOption,
+    JsonOption,
+    StudyArgument,
+    db_url,
+    emit_json,
+    say,
+    split_csv,
+)
 from orchestrator.core.errors import QueueError, RecipError, UnknownStep
 from orchestrator.core.states import LIVE
 
@@ -31,8 +38,7 @@ if TYPE_CHECKING:
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
 _LOG_MAX = 20
 
-StudyArg = Annotated[str, typer.Argument(help="Study name (see `recip queue ls`).",
-                                         show_default=False)]
+StudyArg = StudyArgument
 
 
 class Code(enum.StrEnum):
@@ -298,70 +304,6 @@ _RESULT_SUMMARY = ("status", "best_val_loss", "final_val_loss", "final_train_los
                    "resumed_from_iter", "torch_version")
 
 
-def _fmt_time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _show_lines(history: StudyHistory, runs: list[RunHistory]) -> list[str]:
-    lines = [f"study {history.name}   spec {history.spec_hash[:12]}   code {history.code_policy}"
-             + (f" {history.pinned_sha}" if history.pinned_sha else "")]
-    for run in runs:
-        lines.append("")
-        lines.append(f"{run.step} seed {run.seed}   run {run.run_id}"
-                     f"{'' if run.current else ' (superseded by a changed config)'}   "
-                     f"config {run.config_hash[:12]}   {len(run.attempts)} attempt"
-                     f"{'s' if len(run.attempts) != 1 else ''} (max {run.max_attempts} "
-                     "automatic)")
-        lines.append(f"  config {json.dumps(run.config, sort_keys=True, separators=(',', ':'))}")
-        for a in run.attempts:
-            d = attempt_json(run, a, history)
-            state = a.state + (f": {a.failure_kind}" if a.failure_kind else "")
-            dirty = ("" if a.code_dirty is None else
-                     f" (dirty, diff {a.diff_hash})" if a.code_dirty else " (clean)")
-            lines.append(f"  attempt {a.attempt_no}  {state}   commit {a.code_sha or '-'}{dirty}")
-            why = a.queued.get("reason")
-            queued_by = f"queued {_fmt_time(a.created_at)}" + (f" ({why}" if why else "")
-            if why and a.queued.get("code_sha"):
-                queued_by += f" at {_short(str(a.queued['code_sha']))}"
-                if a.queued.get("diff_hash"):
-                    queued_by += f", diff {a.queued['diff_hash']}"
-            queued_by += ")" if why else ""
-            lines.append(f"    {queued_by}   started {_fmt_time(a.started_at)}   "
-                         f"finished {_fmt_time(a.finished_at)}")
-            lines.append(f"    worker {a.worker_id or '-'}   host {a.host or '-'}   "
-                         f"device {a.device or '-'}   pid {a.pid or '-'}")
-            if a.env:
-                lines.append("    versions " + "  ".join(f"{k} {v}" for k, v in
-                                                       sorted(a.env.items())))
-            if a.artifact_dir:
-                lines.append(f"    artifacts {a.artifact_dir}")
-            if a.error_type or a.error_message:
-                first = (a.error_message or "").splitlines()[0] if a.error_message else ""
-                lines.append(f"    error {': '.join(p for p in (a.error_type, first) if p)}")
-            if d["advice"]:
-                lines.append(f"    advice: {d['advice']}")
-            if isinstance(a.result.get("checkpoint_fallback"), dict):
-                lines.append("    " + checkpoint_note(a.result["checkpoint_fallback"]))
-            if d["result"]:
-                lines.append("    result " + "  ".join(
-                    f"{k} {_fmt_value(v)}" for k, v in d["result"].items() if k != "status"))
-    return lines
-
-
-def checkpoint_note(fallback: dict[str, Any]) -> str:
-    """One line for an attempt that passed over unreadable checkpoints."""
-    bad = ", ".join(str(b.get("path")) for b in fallback.get("skipped", []) if isinstance(b, dict))
-    used = fallback.get("resumed_from")
-    then = f"resumed from the previous checkpoint {used}" if used else "started from scratch"
-    return f"checkpoint: unreadable {bad or '?'}: {then}"
-
-
 def show(
     study: StudyArg,
     step: Annotated[str, typer.Argument(help="Step id, e.g. V1.", show_default=False)],
@@ -372,11 +314,18 @@ def show(
 ) -> None:
     """Every attempt of a step with its provenance: state, failure and advice, commit and
     diff hash, config and spec hashes, versions, device, host, artifacts, times, result."""
+    from orchestrator.cli.render_history import show_lines
     from orchestrator.queue.repo import QueueRepo
 
     with QueueRepo.open(db_url(db)) as repo:
         history = repo.history(study, [step])
         runs = [r for r in history.runs if seed is None or r.seed == seed]
+        wanted = sorted({r.parent for r in runs if r.parent})
+        parents: dict[str, dict[str, Any]] = {}
+        if wanted:
+            for r in sorted(repo.history(study, wanted).runs, key=lambda r: r.seed):
+                if r.current:  # the parent's current config (the lowest seed's)
+                    parents.setdefault(r.step, r.config)
     if not runs:
         seeds = sorted({r.seed for r in history.runs})
         raise UnknownStep(f"step {step!r} of study {study!r} has no seed {seed} "
@@ -384,7 +333,7 @@ def show(
     if json_out:
         emit_json([attempt_json(r, a, history) for r in runs for a in r.attempts])
         return
-    for line in _show_lines(history, runs):
+    for line in show_lines(history, runs, parents, attempt_json):
         typer.echo(line)
 
 

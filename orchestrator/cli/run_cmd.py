@@ -15,8 +15,22 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orchestrator.cli.common import DbOption, SetOption, db_url, redact_url, say, split_csv
-from orchestrator.cli.queue_cmd import StepsOption
+from orchestrator.cli.common import (
+    DatasetOption,
+    DbOption,
+    MaxItersOption,
+    NoCheckOption,
+    PresetOption,
+    SeedsOption,
+    SetOption,
+    StepsOption,
+    StudyArgument,
+    TimeOption,
+    TokenizerOption,
+    db_url,
+    say,
+    split_csv,
+)
 from orchestrator.cli.workers_cmd import (
     DEFAULT_RUNS_DIR,
     AddressOption,
@@ -26,11 +40,10 @@ from orchestrator.cli.workers_cmd import (
     LeaseOption,
     RunsDirOption,
 )
-from orchestrator.core.errors import RecipError, UnknownStep, UnknownStudy
-from orchestrator.core.states import TERMINAL, AttemptState
+from orchestrator.core.errors import RecipError
 
 if TYPE_CHECKING:
-    from orchestrator.queue.repo import QueueRepo
+    pass
 
 
 def register(app: typer.Typer) -> None:
@@ -39,33 +52,17 @@ def register(app: typer.Typer) -> None:
     app.command("logs")(logs)
 
 
-def ensure_database(url: str) -> None:
-    """Create a SQLite database that does not exist yet; leave every other one alone."""
-    from orchestrator.queue import migrate
-    from orchestrator.queue.db import parse_url, sqlite_path
-
-    parsed = parse_url(url)
-    if parsed.get_backend_name() == "sqlite" and not sqlite_path(parsed).exists():
-        migrate.upgrade(url)
-        say(f"created {redact_url(url)}")
-
-
 def run(
     file: Annotated[Path, typer.Argument(help="Study spec (YAML), e.g. ablations/smoke.yaml.",
                                          show_default=False)],
     steps: StepsOption = None,
-    no_check: Annotated[bool, typer.Option(
-        "--no-check", help="Skip the CPU dry-run of every step's model.")] = False,
-    preset: Annotated[str | None, typer.Option(
-        help="Model size preset for every step.", show_default=False)] = None,
-    dataset: Annotated[str | None, typer.Option(
-        help="Dataset for every step (kjv, text:PATH, hf:NAME).", show_default=False)] = None,
-    time_s: Annotated[float | None, typer.Option(
-        "--time", help="Training budget in seconds for every step.", show_default=False)] = None,
-    max_iters: Annotated[int | None, typer.Option(
-        "--max-iters", help="Iteration budget for every step.", show_default=False)] = None,
-    seeds: Annotated[str | None, typer.Option(
-        help="Seeds for every step, comma-separated (e.g. 1,2).", show_default=False)] = None,
+    no_check: NoCheckOption = False,
+    preset: PresetOption = None,
+    dataset: DatasetOption = None,
+    tokenizer: TokenizerOption = None,
+    time_s: TimeOption = None,
+    max_iters: MaxItersOption = None,
+    seeds: SeedsOption = None,
     sets: SetOption = None,
     gpus: GpusOption = None,
     cpu_workers: CpuWorkersOption = None,
@@ -89,12 +86,7 @@ def run(
 ) -> None:
     """Submit a study, run it on local workers with a live dashboard, then report it."""
     from orchestrator.cli import render
-    from orchestrator.cli.queue_cmd import (
-        build_plan,
-        check_plan_or_raise,
-        describe_submit,
-        parse_seeds,
-    )
+    from orchestrator.cli import submit as pipeline
     from orchestrator.cli.workers_cmd import (
         absolute_db_url,
         drive,
@@ -102,23 +94,25 @@ def run(
         pidfile,
         pool_config,
     )
-    from orchestrator.core.resolve import Overrides, parse_set
     from workers.pool import WorkerPool
 
-    overrides = Overrides(preset=preset, dataset=dataset, time=time_s, max_iters=max_iters,
-                          seeds=parse_seeds(seeds),
-                          sets=tuple(parse_set(a) for a in sets or ()))
+    ov = pipeline.overrides(preset=preset, dataset=dataset, tokenizer=tokenizer, time=time_s,
+                            max_iters=max_iters, seeds=seeds, sets=sets)
     step_list = split_csv(steps)
-    plan = build_plan(file, steps=step_list, overrides=overrides)
-    if not no_check:
-        check_plan_or_raise(plan, str(file), step_list)
+    plan = pipeline.build_plan(file, steps=step_list, overrides=ov)
     url = absolute_db_url(db_url(db))
-    ensure_database(url)
+    pipeline.ensure_database_ready(url)  # fails on a database not at head before the checks
+    if not no_check:
+        with render.check_progress(plan) as progress:
+            params = pipeline.check_plan_or_raise(plan, str(file), step_list, progress=progress)
+        warning = pipeline.slow_here_warning(plan, params, has_gpu=pipeline.has_gpu())
+        if warning:
+            say(warning)
     with open_repo(url) as repo:
         result = repo.submit(plan, datetime.now(UTC))
         if until_decided:  # the design is declared before any analysis: look 0 spends too
             repo.declare_design(plan.name, datetime.now(UTC), max_seeds, steps=plan.steps)
-        for line in describe_submit(result, len(plan.runs)):
+        for line in pipeline.describe_submit(result, len(plan.runs)):
             say(line)
         config = pool_config(db=url, runs_dir=runs_dir, gpus=gpus, cpu_workers=cpu_workers,
                              address=address, until_empty=True,
@@ -175,43 +169,8 @@ def _report(study: str, url: str) -> None:
         say(f"report: {e.message}")
 
 
-def _find_attempt(repo: QueueRepo, study: str, step: str, seed: int | None,
-                  attempt: int | None) -> tuple[int, int, int, str | None, str]:
-    """(seed, attempt_no, attempt_id, artifact_dir, state) of the attempt to show."""
-    import sqlalchemy as sa
-
-    from orchestrator.queue.schema import AttemptRow, RunRow, StudyRow
-
-    if study not in repo.study_names():
-        raise UnknownStudy(f"no study {study!r} in {repo.label}")
-    query = (sa.select(RunRow.seed, AttemptRow.attempt_no, AttemptRow.id,
-                       AttemptRow.artifact_dir, AttemptRow.state, RunRow.step_key)
-             .join(RunRow, RunRow.id == AttemptRow.run_id)
-             .join(StudyRow, StudyRow.id == RunRow.study_id)
-             .where(StudyRow.name == study, RunRow.superseded_at.is_(None)))
-    with repo.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    steps = sorted({r.step_key for r in rows})
-    rows = [r for r in rows if r.step_key == step]
-    if not rows:
-        raise UnknownStep(f"no step {step!r} in study {study} (steps: {', '.join(steps)})")
-    seeds = sorted({r.seed for r in rows})
-    pick_seed = seeds[0] if seed is None else seed
-    rows = [r for r in rows if r.seed == pick_seed]
-    if not rows:
-        raise UnknownStep(f"step {step} of {study} has no seed {seed} "
-                          f"(seeds: {', '.join(map(str, seeds))})")
-    if attempt is not None:
-        rows = [r for r in rows if r.attempt_no == attempt]
-        if not rows:
-            raise UnknownStep(f"{study} {step} seed {pick_seed} has no attempt {attempt}")
-    best = max(rows, key=lambda r: (r.artifact_dir is not None or attempt is not None,
-                                    r.attempt_no))
-    return pick_seed, best.attempt_no, best.id, best.artifact_dir, best.state
-
-
 def logs(
-    study: Annotated[str, typer.Argument(help="Study name.")],
+    study: StudyArgument,
     step: Annotated[str, typer.Argument(help="Step name, e.g. V1.")],
     seed: Annotated[int | None, typer.Option(help="Seed (default: the lowest).",
                                              show_default=False)] = None,
@@ -223,11 +182,14 @@ def logs(
 ) -> None:
     """Print an attempt's stdout.log (the trainer's output)."""
     from orchestrator.cli.workers_cmd import open_repo
+    from orchestrator.core.states import TERMINAL
     from workers.train.artifacts import LOG
 
+    ended = {s.value for s in TERMINAL} | {"queued"}
     with open_repo(db_url(db)) as repo:
-        pick_seed, no, attempt_id, artifact_dir, state = _find_attempt(
-            repo, study, step, seed, attempt)
+        ref = repo.find_attempt(study, step, seed, attempt)
+        pick_seed, no, attempt_id, artifact_dir, state = (
+            ref.seed, ref.attempt_no, ref.attempt_id, ref.artifact_dir, ref.state)
         if artifact_dir is None:
             say(f"{study} {step} seed {pick_seed} attempt {no} is {state} and has not run yet")
             return
@@ -250,7 +212,7 @@ def logs(
                 offset += len(chunk)
             if not follow:
                 return
-            state = repo.attempt(attempt_id).state
-            if (state in TERMINAL or state == AttemptState.QUEUED) and not chunk:
+            now_state = repo.attempt(attempt_id).state
+            if now_state in ended and not chunk:
                 return
             time.sleep(1.0)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orchestrator.cli.common import DbOption, JsonOption, db_url, emit_json, say
+from orchestrator.cli.common import DbOption, JsonOption, complete_study, db_url, emit_json, say
 from orchestrator.core.errors import UnknownStudy
 
 if TYPE_CHECKING:
@@ -77,7 +77,8 @@ def with_analysis_flags(repo: QueueRepo, snapshot: Snapshot) -> Snapshot:
 
 
 def status(
-    study: Annotated[str | None, typer.Argument(help="Only this study.", show_default=False)] = None,
+    study: Annotated[str | None, typer.Argument(help="Only this study.", show_default=False,
+                                                autocompletion=complete_study)] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Keep redrawing every 2 s.")] = False,
     json_out: JsonOption = False,
     db: DbOption = None,

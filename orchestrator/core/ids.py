@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import PurePosixPath
+from pathlib import Path
 from typing import Any
 
 SHORT = 8
@@ -46,15 +46,40 @@ def _safe(kind: str, name: str) -> str:
     return name
 
 
-def attempt_dir(study: str, step: str, seed: int, attempt_no: int,
-                root: str = "runs") -> PurePosixPath:
-    """`<root>/<study>/<step>/seed<k>/attempt<n>`, relative to the runs root."""
-    if seed < 0 or attempt_no < 1:
-        raise ValueError(f"bad seed {seed} or attempt number {attempt_no}")
-    return PurePosixPath(root) / _safe("study", study) / _safe("step", step) / \
-        f"seed{seed}" / f"attempt{attempt_no}"
+def run_label(study: str, step: str, seed: int) -> str:
+    """`study/step/seed<k>`: how a run is named in logs, W&B and the CLI."""
+    return f"{study}/{step}/seed{seed}"
 
 
-def wandb_run_id(study: str, step: str, seed: int, attempt_no: int, chash: str) -> str:
-    """A deterministic W&B run id per attempt (stable across restarts of that attempt)."""
-    return short(_sha256([study, step, seed, attempt_no, chash]), 16)
+def attempt_label(study: str, step: str, seed: int, attempt_no: int) -> str:
+    """`study/step/seed<k>/attempt<n>`."""
+    return f"{run_label(study, step, seed)}/attempt{attempt_no}"
+
+
+def attempt_dir(runs_dir: str | Path, *, study: str, step: str, seed: int, config_hash: str,
+                run_id: int, attempt_no: int) -> Path:
+    """`<runs_dir>/<study>/<step>/seed<k>/<hash12>-run<id>/attempt<n>`: where an attempt writes.
+
+    The config hash and the run's database id make the directory the run's own: the same
+    study/step/seed submitted again with other overrides (a smoke `--time 10` after the main
+    job) is another run in another directory. Only a second database that gave the same run
+    id to the same config can meet an existing directory; the worker refuses it by name."""
+    if seed < 0 or attempt_no < 1 or run_id < 1:
+        raise ValueError(f"bad seed {seed}, run id {run_id} or attempt number {attempt_no}")
+    return Path(runs_dir) / _safe("study", study) / _safe("step", step) / f"seed{seed}" / \
+        f"{_safe('config hash', short(config_hash, 12))}-run{run_id}" / f"attempt{attempt_no}"
+
+
+def wandb_run_id(*, db_identity: str, study: str, step: str, seed: int, config_hash: str,
+                 attempt_no: int) -> str:
+    """The W&B run id of one attempt: 16 hex characters, deterministic from the database's
+    identity (its redacted URL, or the absolute path of a SQLite file), the run (study, step,
+    seed, config hash) and the attempt number, so a restart of the attempt logs into the same
+    W&B run while two databases, or two configs of one step, never share an id."""
+    return short(_sha256([db_identity, study, step, seed, config_hash, attempt_no]), 16)
+
+
+def wandb_run_name(study: str, step: str, seed: int, attempt_no: int) -> str:
+    """`study/step/seed<k>/attempt<n>`: the W&B display name, the attempt number `recip show`
+    prints (never the database's internal attempt id)."""
+    return attempt_label(study, step, seed, attempt_no)

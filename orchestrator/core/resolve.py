@@ -95,8 +95,14 @@ def resolve(
     overrides: Overrides | None = None,
     steps: Sequence[str] | None = None,
     source: str | None = None,
+    run_scale: Mapping[str, Mapping[str, object]] | None = None,
 ) -> StudyPlan:
     """Resolve every step (or only `steps`) into runs, one per seed, with configs and hashes.
+
+    `run_scale` maps a preset to the train settings that fit its size (`models.presets.
+    RUN_SCALE`): with `--preset P` they replace the spec's values (written for the spec's own
+    scale: 200 eval batches of a 124M model are minutes of a tiny one), except the keys the
+    command line sets with `--set train.KEY=...`. They are recorded in `overrides.run_scale`.
 
     Raises SpecError (naming `source` and the YAML path) for values only the resolved config
     can judge (unknown preset or tokenizer, missing sizes, no budget), UnknownStep for
@@ -105,9 +111,11 @@ def resolve(
     ov = overrides or Overrides()
     _check_overrides(ov, presets)
     wanted = _select(spec, steps)
+    scale = _run_scale(ov, run_scale or {})
     runs: list[RunPlan] = []
     for sid in wanted:
         base = _resolve_step(spec, sid, presets, vocab, ov, source)
+        base["train"].update(copy.deepcopy(scale))
         step = spec.steps[sid]
         seeds = list(ov.seeds) if ov.seeds is not None else _inherited_seeds(spec, sid)
         for seed in seeds:
@@ -134,8 +142,17 @@ def resolve(
         source=source,
         code_policy=spec.code,
         pinned_sha=spec.pinned_sha,
-        overrides=ov.as_dict(),
+        overrides={**ov.as_dict(), **({"run_scale": dict(scale)} if scale else {})},
     )
+
+
+def _run_scale(ov: Overrides, run_scale: Mapping[str, Mapping[str, object]]) -> dict[str, object]:
+    """The train settings of `--preset`'s run scale that the command line does not `--set`."""
+    if ov.preset is None:
+        return {}
+    given = {path for path, _ in ov.sets}
+    return {key: value for key, value in run_scale.get(ov.preset, {}).items()
+            if f"train.{key}" not in given}
 
 
 def _select(spec: Spec, steps: Sequence[str] | None) -> list[str]:

@@ -73,6 +73,38 @@ class StudyResults:
     attempts: tuple[AttemptResult, ...] = ()
     looks: tuple[SeedLook, ...] = ()
     """Seed-adding looks in time order (filled from the database's events)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """The command-line overrides of the submit that made the current runs (`--preset`,
+    `--time`, ..., `run_scale`); {} when the study runs as written."""
+
+
+def overrides_lines(overrides: dict[str, Any], spec: dict[str, Any] | None = None) -> list[str]:
+    """Human lines for the overrides a study ran under: the flags, the preset's run scale,
+    and, when the size or budget was overridden, that the spec's goal text and expectations
+    were written for the spec's own scale. [] when the study runs as written."""
+    flags = []
+    for key, value in overrides.items():
+        if key == "run_scale":
+            continue
+        if key == "set":
+            flags += [f"--set {path}={v}" for path, v in value.items()]
+        else:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            flags.append(f"--{key.replace('_', '-')} {shown}")
+    lines = [f"overrides: {' '.join(flags)}"] if flags else []
+    scale = overrides.get("run_scale")
+    if scale:
+        lines.append(f"run scale of preset {overrides.get('preset')}: "
+                     + " ".join(f"{k}={v}" for k, v in scale.items()))
+    if any(k in overrides for k in ("preset", "time", "max_iters", "dataset")):
+        model = ((spec or {}).get("defaults") or {}).get("model") or {}
+        budget = (((spec or {}).get("defaults") or {}).get("train") or {}).get("budget") or {}
+        written = ", ".join(x for x in (
+            f"preset {model['preset']}" if model.get("preset") else "",
+            " ".join(f"{k} {v}" for k, v in budget.items() if v is not None)) if x)
+        lines.append("the spec's description, goals and expectations were written for its own "
+                     f"scale{f' ({written})' if written else ''}, not for this run")
+    return lines
 
 
 MetricSeries = dict[int, dict[str, list[tuple[int, float]]]]

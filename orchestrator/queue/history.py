@@ -65,6 +65,8 @@ class RunHistory:
     current: bool
     """False once a changed config superseded the run (its attempts stay)."""
     attempts: tuple[AttemptRecord, ...] = ()
+    parent: str | None = None
+    """The step this run's step inherits from (the spec's `parent:`)."""
 
     @property
     def latest(self) -> AttemptRecord | None:
@@ -129,6 +131,7 @@ def study_history(conn: Connection, study_id: int, steps: Sequence[str] | None =
             run_id=r.id, step=r.step_key, seed=r.seed, config_hash=r.config_hash,
             config=r.config_json, max_attempts=r.max_attempts, current=r.superseded_at is None,
             attempts=tuple(_record(a, queued.get(a.id, {})) for a in attempts.get(r.id, [])),
+            parent=r.parent_step,
         ))
     return StudyHistory(name=s.name, spec_hash=s.spec_hash, code_policy=s.code_policy,
                         pinned_sha=s.pinned_sha, source=s.source, runs=tuple(out))

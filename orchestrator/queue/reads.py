@@ -15,12 +15,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from orchestrator.core.errors import UnknownStep
 from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
 from orchestrator.core.states import LEASED as _LEASED
 from orchestrator.core.states import values
 from orchestrator.core.views import RunView, Snapshot, StudyView, WorkerView
 from orchestrator.queue.looks import study_looks
 from orchestrator.queue.schema import AttemptRow, EventRow, MetricRow, RunRow, StudyRow, WorkerRow
+from orchestrator.queue.types import AttemptRef
 
 LEASED = values(_LEASED)
 RECENT_WORKERS = timedelta(minutes=10)
@@ -178,7 +180,24 @@ def study_results(conn: Connection, study_id: int) -> StudyResults:
     attempts.sort(key=lambda a: (order.get(a.step, (0, 0)), a.seed, a.attempt_no))
     return StudyResults(name=s.name, description=s.description, spec=s.spec_json,
                         spec_hash=s.spec_hash, steps=tuple(steps), attempts=tuple(attempts),
-                        looks=study_looks(conn, study_id))
+                        looks=study_looks(conn, study_id),
+                        overrides=submit_overrides(conn, study_id))
+
+
+def submit_overrides(conn: Connection, study_id: int) -> dict[str, Any]:
+    """The overrides of the newest submit that queued a current run of the study (recorded
+    in its `queued` event by `QueueRepo.submit`); {} when there is none."""
+    rows = conn.execute(
+        sa.select(EventRow.payload_json)
+        .join(AttemptRow, AttemptRow.id == EventRow.attempt_id)
+        .join(RunRow, RunRow.id == AttemptRow.run_id)
+        .where(RunRow.study_id == study_id, RunRow.superseded_at.is_(None),
+               AttemptRow.attempt_no == 1, EventRow.kind == "queued")
+        .order_by(EventRow.id.desc()).limit(1)
+    ).all()
+    payload = rows[0][0] if rows else None
+    found = payload.get("overrides") if isinstance(payload, dict) else None
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def _name_prefix(conn: Connection, prefix: str) -> sa.ColumnElement[bool]:
@@ -216,6 +235,37 @@ def metric_series(conn: Connection, attempt_ids: Sequence[int], names: Sequence[
         out[attempt_id].setdefault(name, []).append(
             (step, math.nan if value is None else float(value)))
     return out
+
+
+def find_attempt(conn: Connection, study_id: int, study: str, step: str, seed: int | None,
+                 attempt: int | None) -> AttemptRef:
+    """The attempt of a current run of `step` to show: the given seed (default the lowest)
+    and attempt number (default the latest that has an artifact dir, else the latest).
+    UnknownStep naming what exists otherwise."""
+    rows = conn.execute(
+        sa.select(RunRow.seed, AttemptRow.attempt_no, AttemptRow.id, AttemptRow.artifact_dir,
+                  AttemptRow.state, RunRow.step_key)
+        .join(RunRow, RunRow.id == AttemptRow.run_id)
+        .where(RunRow.study_id == study_id, RunRow.superseded_at.is_(None))
+    ).all()
+    steps = sorted({r.step_key for r in rows})
+    rows = [r for r in rows if r.step_key == step]
+    if not rows:
+        raise UnknownStep(f"no step {step!r} in study {study} (steps: {', '.join(steps)})")
+    seeds = sorted({r.seed for r in rows})
+    pick_seed = seeds[0] if seed is None else seed
+    rows = [r for r in rows if r.seed == pick_seed]
+    if not rows:
+        raise UnknownStep(f"step {step} of {study} has no seed {seed} "
+                          f"(seeds: {', '.join(map(str, seeds))})")
+    if attempt is not None:
+        rows = [r for r in rows if r.attempt_no == attempt]
+        if not rows:
+            raise UnknownStep(f"{study} {step} seed {pick_seed} has no attempt {attempt}")
+    best = max(rows, key=lambda r: (r.artifact_dir is not None or attempt is not None,
+                                    r.attempt_no))
+    return AttemptRef(seed=pick_seed, attempt_no=best.attempt_no, attempt_id=best.id,
+                      artifact_dir=best.artifact_dir, state=best.state)
 
 
 def events(conn: Connection, attempt_id: int) -> list[dict[str, Any]]:

@@ -46,7 +46,7 @@ from orchestrator.queue.schema import (
     StudyRow,
     WorkerRow,
 )
-from orchestrator.queue.types import ClaimedAttempt, SubmitResult, finite_json
+from orchestrator.queue.types import AttemptRef, ClaimedAttempt, SubmitResult, finite_json
 
 __all__ = ["ClaimedAttempt", "QueueRepo", "SeedsAdded", "SubmitResult"]
 
@@ -273,7 +273,8 @@ class QueueRepo:
                     [{"run_id": rid, "attempt_no": 1, "state": QUEUED, "priority": r.priority,
                       "created_at": now} for rid, r in zip(run_ids, new, strict=True)],
                 ).scalars())
-                self._event(conn, attempt_ids, now, "queued", {"reason": "submit"})
+                self._event(conn, attempt_ids, now, "queued",
+                            {"reason": "submit", "overrides": plan.overrides})
                 queued = len(attempt_ids)
         result = SubmitResult(
             study=plan.name, study_created=created,
@@ -766,6 +767,13 @@ class QueueRepo:
             sid = self._study_id(conn, study)
             self._check_steps(conn, sid, study, steps)
             return history.study_history(conn, sid, steps, seed)
+
+    def find_attempt(self, study: str, step: str, seed: int | None = None,
+                     attempt: int | None = None) -> AttemptRef:
+        """The attempt `recip logs` shows (UnknownStudy / UnknownStep naming what exists)."""
+        with self._tx(read_only=True) as conn:
+            return reads.find_attempt(conn, self._study_id(conn, study), study, step, seed,
+                                      attempt)
 
     def events(self, attempt_id: int) -> list[dict[str, Any]]:
         """The attempt's events, oldest first: {id, at, kind, payload}."""

@@ -102,3 +102,14 @@ class ClaimedAttempt:
     max_attempts: int
     previous_artifact_dir: str | None = None
     lease_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AttemptRef:
+    """Where one attempt of a current run is: what `recip logs` needs to find its files."""
+
+    seed: int
+    attempt_no: int
+    attempt_id: int
+    artifact_dir: str | None
+    state: str

@@ -13,23 +13,29 @@ from typing import Any
 from orchestrator.report.values import Comparison, Reading, Report, StepSummary
 
 
-def to_dict(report: Report) -> dict[str, Any]:
-    """The Report as plain JSON-able data (tuples become lists)."""
+def to_dict(report: Report, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The Report as plain JSON-able data (tuples become lists), with the top-level
+    `overrides` the study's current runs were submitted under ({} = as written)."""
     data = asdict(report)
     data["used_attempts"] = {k: [list(x) for x in v] for k, v in report.used_attempts.items()}
+    data["overrides"] = dict(overrides or {})
     clean: dict[str, Any] = _finite(data)
     return clean
 
 
-def to_json(report: Report) -> str:
-    return json.dumps(to_dict(report), indent=2, sort_keys=True) + "\n"
+def to_json(report: Report, overrides: dict[str, Any] | None = None) -> str:
+    return json.dumps(to_dict(report, overrides), indent=2, sort_keys=True) + "\n"
 
 
-def to_markdown(report: Report, plots: Sequence[Path] = (), relative_to: Path | None = None) -> str:
+def to_markdown(report: Report, plots: Sequence[Path] = (), relative_to: Path | None = None,
+                notes: Sequence[str] = ()) -> str:
     """The Report as a Markdown document; `plots` are linked relative to `relative_to`
-    (the directory of the Markdown file) when given."""
+    (the directory of the Markdown file) when given; `notes` (the overrides the study ran
+    under, `core.results.overrides_lines`) are quoted under the title."""
     m = report.metric
     lines = [f"# Study `{report.study}`", ""]
+    if notes:
+        lines += [f"> {line}  " for line in notes] + [""]
     if report.description:
         lines += [report.description, ""]
     lines += [f"Metric: `{m}` (mean ± sample std over seeds), alpha {report.alpha:g}, "

@@ -73,9 +73,12 @@ def test_submit_json_and_report_json_alias(tmp_path: Path, sqlite_url: str,
 
 
 def test_show_completion_mentions_recip() -> None:
-    env = {**os.environ, "SHELL": "/bin/bash"}
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli.app", "--show-completion",
-                           "bash"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
+    # click's own `source_bash` request: `--show-completion` asks shellingham which shell runs
+    # the suite, and answers "Shell  not supported." under a CI runner or an IDE (issue 13 #10)
+    env = {k: v for k, v in os.environ.items() if k != "SHELL"}
+    env["_RECIP_COMPLETE"] = "source_bash"
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli.app"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert "_recip_completion" in proc.stdout and "complete " in proc.stdout

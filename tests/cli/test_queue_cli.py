@@ -131,6 +131,7 @@ def test_overrides_become_part_of_each_runs_config(
                   "--steps", "V0,V1") == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[1] == "overrides: --preset small --time 30.0 --seeds 7"
+    assert out.splitlines()[2].startswith("run scale of preset small: batch_size=8 grad_accum=1 ")
     stored = configs(sqlite_url)
     assert [(c["step"], c["seed"]) for c in stored] == [("V0", 7), ("V1", 7)]
     assert all(c["train"]["budget"] == {"seconds": 30.0, "iters": None, "tokens": None}

@@ -50,7 +50,7 @@ def test_status_table() -> None:
         runview("V0", "succeeded", worker="gpu-a:0", iter=5000, train_s=3600.0,
                 budget_s=3600.0, val_loss=3.4123, finished_at=NOW),
         runview("V1", "running", worker="gpu-a:1", iter=2210, train_s=1620.0, budget_s=3600.0,
-                val_loss=3.588, heartbeat_at=NOW - timedelta(seconds=4),
+                val_loss=3.588, loss=2.9171, tokens=2_262_000, heartbeat_at=NOW - timedelta(seconds=4),
                 lease_expires_at=NOW + timedelta(seconds=56)),
         runview("V3", "queued"),
         runview("V4", "failed", failure_kind="oom", attempt_no=3, flags=("diverged", "slow")),
@@ -59,16 +59,31 @@ def test_status_table() -> None:
     out = show(render.render_status(snap)).splitlines()
     assert out[0] == ("gpt2-rmlp  1 running · 1 queued · 1 succeeded · 1 failed · 1 new   "
                       "sqlite:///recip.db   12:04:31")
-    assert out[1].split() == ["step", "seed", "att", "state", "worker", "iter", "train",
-                              "val_loss", "heartbeat", "flags"]
-    assert out[2].split() == ["V0", "1", "1", "succeeded", "gpu-a:0", "5000", "60.0/60.0m",
-                              "3.412", "–"]
-    assert out[3].split() == ["V1", "1", "1", "running", "gpu-a:1", "2210", "27.0/60.0m",
-                              "3.588", "4s"]
-    assert out[4].split() == ["V3", "1", "1", "queued", "–", "–", "–", "–", "–"]
-    assert out[5].split() == ["V4", "1", "3", "failed:oom", "–", "–", "–", "–", "–",
-                              "diverged,", "slow"]
-    assert out[6].split() == ["V5", "1", "–", "new", "–", "–", "–", "–", "–"]
+    # 2 of 5 done; budget used 60m + 27m of the two 60m budgets; ETA: V1's 33m left, V3 and
+    # V5 have no budget -> the typical run (60m) each: 153m at one run at a time
+    assert out[1] == ("[████████░░░░░░░░░░░░] 2/5 runs done · budget 87m/2h used · "
+                      "ETA ~2.5h at 1 in parallel")
+    assert out[2].split() == ["step", "seed", "att", "state", "worker", "iter", "train", "loss",
+                              "val_loss", "tok/s", "heartbeat"]
+    assert out[3].split() == ["V0", "1", "1", "succeeded", "gpu-a:0", "5000", "60.0/60.0m",
+                              "–", "3.412", "–", "–"]
+    assert out[4].split() == ["V1", "1", "1", "running", "gpu-a:1", "2210", "27.0/60.0m",
+                              "2.917", "3.588", "1.4k", "4s"]
+    assert out[5].split() == ["V3", "1", "1", "queued", "–", "–", "–", "–", "–", "–", "–"]
+    assert out[6].split() == ["V4", "1", "3", "failed:oom", "–", "–", "–", "–", "–", "–", "–"]
+    assert out[7] == "    flags: diverged, slow"  # in full, on its own line
+    assert out[8].split() == ["V5", "1", "–", "new", "–", "–", "–", "–", "–", "–", "–"]
+
+
+def test_long_flags_are_shown_in_full_at_80_and_200_columns() -> None:
+    long = ("tok/s -15% vs V0", "val_loss 2.1x the parent's at the same tokens",
+            "grad norm spikes in 4 of the last 10 evals")
+    snap = snapshot(runview("V1", "running", flags=long))
+    for width in (80, 200):
+        console = Console(file=io.StringIO(), width=width, color_system=None)
+        console.print(render.render_status(snap))
+        text = " ".join(console.file.getvalue().split())  # type: ignore[attr-defined]
+        assert all(flag in text for flag in long)
 
 
 def test_long_header_wraps_within_100_columns() -> None:
@@ -109,8 +124,10 @@ def test_workers_and_empty() -> None:
                    current_attempt=7)
     gone = WorkerView(id="old", host="h", gpu=None, pid=None, started_at=NOW,
                       last_heartbeat=NOW, stopped_at=NOW)
-    out = show(render.render_status(snapshot(runview("V0", "running"), workers=(w, gone))))
-    assert "workers" in out and "gpu-a:0  gpu-a  0    123  7        3s" in out
+    out = show(render.render_status(snapshot(runview("V0", "running", attempt_id=7, attempt_no=2,
+                                                     seed=3), workers=(w, gone))))
+    assert "workers" in out
+    assert "gpu-a:0  gpu-a  0    123  gpt2-rmlp V0 seed 3 attempt 2  3s" in out  # not id 7
     assert "old" not in out
     empty = Snapshot(taken_at=NOW, db="sqlite:///x.db")
     assert show(render.render_status(empty)).strip() == "no studies in sqlite:///x.db"

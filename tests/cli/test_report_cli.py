@@ -43,7 +43,7 @@ def test_json_format(sqlite_url, fake_clock, capsys) -> None:
 def test_markdown_file_with_plots(sqlite_url, fake_clock, tmp_path, capsys) -> None:
     _study(sqlite_url, fake_clock)
     md, plots = tmp_path / "out" / "report.md", tmp_path / "out" / "plots"
-    rc = run(["report", "ra_mla_reciprocal", "-f", "md", "--out", str(md), "--plot", str(plots),
+    rc = run(["report", "ra_mla_reciprocal", "--format", "md", "--out", str(md), "--plot", str(plots),
               "--db", sqlite_url])
     assert rc == 0
     out, err = capsys.readouterr()

@@ -78,9 +78,9 @@ def test_status_shows_progress_and_reaps_expired_leases(
     out, err = capsys.readouterr()
     assert err == "reaped 1 expired lease\n"
     rows = {row[0]: row for row in table(out)}
-    assert rows["V0"][:8] == ["V0", "1", "1", "running", "gpu-a:0", "2210", "4.5/10.0m",
-                              "3.588"]
-    assert rows["V0"][8] in ("0s", "1s", "2s")
+    assert rows["V0"][:9] == ["V0", "1", "1", "running", "gpu-a:0", "2210", "4.5/10.0m",
+                              "–", "3.588"]  # train loss: not in this heartbeat
+    assert rows["V0"][10] in ("0s", "1s", "2s")
     assert rows["V1"][:4] == ["V1", "1", "2", "queued"]   # lost, then its next attempt
     assert "workers" in out and "gpu-a:1" in out
     # the second look reaps nothing

@@ -31,7 +31,8 @@ def test_sigkill_of_a_worker_mid_attempt(sqlite_url: str, tmp_path: Path,
     spec = write_spec(tmp_path, steps=("V0",), iters=None, seconds=10.0, checkpoint_every=20)
     repo = QueueRepo.open(sqlite_url)
     repo.submit(build_plan(spec), datetime.now(UTC))
-    first_dir = tmp_path / "runs" / "e2e" / "V0" / "seed1" / "attempt1"
+    run = build_plan(spec).runs[0]
+    first_dir = tmp_path / "runs" / "e2e" / "V0" / "seed1" / f"{run.config_hash[:12]}-run1" / "attempt1"
     config = PoolConfig(db_url=sqlite_url, runs_dir=tmp_path / "runs", cpu_workers=2,
                         lease_s=LEASE, poll_s=0.25, idle_poll_s=0.5, until_empty=True,
                         study="e2e", env={"RECIP_DATA_DIR": str(tmp_path / "data")})

@@ -59,10 +59,13 @@ def _run_dir(attempt: OfflineAttempt) -> Path:
 
 
 def test_wandb_cli_dry_run_finds_the_run_file(attempt: OfflineAttempt) -> None:
-    from workers.train.sinks import wandb_run_id
+    from orchestrator.core import ids
+    from workers.run_attempt import config_hash
 
     run_dir = _run_dir(attempt)
-    run_id = wandb_run_id(STUDY, STEP, SEED, "1")
+    run_id = ids.wandb_run_id(db_identity=f"dir:{attempt.outdir.resolve()}", study=STUDY,
+                              step=STEP, seed=SEED, config_hash=config_hash(attempt.config),
+                              attempt_no=1)
     assert run_dir.name.endswith(f"-{run_id}")        # one deterministic run per attempt
     proc = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(run_dir)],
                           capture_output=True, text=True, timeout=120, env=offline_env(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import workers.check as check_module
 from models.config import GPTConfig
 from models.gpt2 import GPT
 from models.presets import PRESETS, TOKENIZER_VOCAB
@@ -103,7 +104,7 @@ def test_an_enabled_knob_that_changes_nothing_fails_and_forced_gates_only_warn()
     v1, v2 = checks["V1"], checks["V2"]
     assert v1.mechanisms_active is False and not v1.ok
     assert v1.error == ("probe: mlp.reciprocal_mlp.cross_rank=8 changes neither the output nor a "
-                        "training step (same weights with cross_rank=None)")
+                        "training step (same weights with cross_rank=None; probed at E32, E64, E128)")
     assert v1.error_at is not None and (v1.error_at.part, v1.error_at.slot, v1.error_at.mechanism,
                                         v1.error_at.knob) == ("probe", "mlp", "reciprocal_mlp",
                                                               "cross_rank")
@@ -163,3 +164,52 @@ def test_a_post_train_knob_is_not_probed_in_the_forward_but_said_so():
     c1 = checks["C1"]
     assert c1.ok, c1.error
     assert any("kvsplice" in w and "post_train" in w for w in c1.warnings)
+
+
+def test_a_fraction_knob_that_rounds_to_its_default_when_shrunk_is_judged_wider():
+    # R_ff_frac 1/6 of D_ff: 64 (= the default R_ff) at the E96 probe, 512 at gpt2-124m; the
+    # probe must not call it inert (issue 13 #1), and must say at which width it judged it
+    p = plan("""
+  V3: {parent: V0, mlp: {rmlp: {R_ff_frac: 0.1666667}}}
+""", preset="gpt2-124m")
+    c = check_plan(p, steps=["V3"], jobs=1)[0]
+    assert c.ok, c.error
+    assert c.probe == "L2 H12 E96 T32; mlp.rmlp.R_ff_frac at E192"
+
+
+def test_identical_models_are_probed_once_and_repeat_checks_hit_the_cache(monkeypatch):
+    calls: list[str] = []
+    real = check_module.check_model
+
+    def counting(model, *, step=""):
+        calls.append(model["mlp"])
+        return real(model, step=step)
+
+    monkeypatch.setattr(check_module, "check_model", counting)
+    monkeypatch.setattr(check_module, "_CACHE", {})
+    p = plan("""
+  V1: {parent: V0, mlp: {rmlp: {R_ff: 16}}}
+  V2: {parent: V0, train: {lr: 1.0e-3}}
+  V3: {parent: V1, train: {lr: 1.0e-3}}
+""")
+    seen: list[tuple[int, int, str]] = []
+    first = by_step(check_plan(p, jobs=1, progress=lambda d, t, s: seen.append((d, t, s))))
+    assert sorted(calls) == ["gelu", "rmlp"]  # two distinct models among four steps
+    assert seen == [(1, 2, "V0"), (2, 2, "V1")]
+    assert first["V2"].identical_to == "V0" and first["V3"].identical_to == "V1"
+    assert first["V3"].step == "V3" and first["V3"].params == first["V1"].params
+    again = by_step(check_plan(p, jobs=1))
+    assert len(calls) == 2  # the second check of the same plan probes nothing
+    assert again == first
+
+
+def test_parallel_probes_give_the_serial_results():
+    p = plan("""
+  V1: {parent: V0, attention: {mla: {latent_dim: 32}}}
+  V2: {parent: V0, mlp: {rmlp: {R_ff: 16, use_mixer: true}}}
+""")
+    check_module._CACHE.clear()
+    serial = check_plan(p, jobs=1)
+    check_module._CACHE.clear()
+    parallel = check_plan(p, jobs=2)
+    assert serial == parallel and all(c.ok for c in parallel)

@@ -55,7 +55,8 @@ def test_success_records_provenance_metrics_and_files(repo: QueueRepo, tmp_path:
     series = repo.metric_series([out.attempt_id])[out.attempt_id]
     assert [s for s, _ in series["loss"]] == [10, 20, 30, 40, 50]
     assert [s for s, _ in series["val_loss"]] == [20, 40]
-    outdir = tmp_path / "runs" / "wt" / "V0" / "seed1" / "attempt1"
+    run = plan().runs[0]
+    outdir = tmp_path / "runs" / "wt" / "V0" / "seed1" / f"{run.config_hash[:12]}-run{attempt.run_id}" / "attempt1"
     assert out.artifact_dir == str(outdir)
     assert json.loads((outdir / "config.json").read_text())["step"] == "V0"
     info = json.loads((outdir / "attempt.json").read_text())
@@ -112,13 +113,19 @@ def test_spawn_failure_fails_the_attempt_not_the_worker(repo: QueueRepo,
 def test_existing_artifact_dir_is_never_reused(repo: QueueRepo, tmp_path: Path) -> None:
     clock = FakeClock()
     repo.submit(plan(), clock.now())
-    taken = tmp_path / "runs" / "wt" / "V0" / "seed1" / "attempt1"
+    # another database gave its run the same id and config: the one way to meet a directory
+    run = plan().runs[0]
+    taken = tmp_path / "runs" / "wt" / "V0" / "seed1" / f"{run.config_hash[:12]}-run1" / "attempt1"
     taken.mkdir(parents=True)
+    (taken / "attempt.json").write_text(json.dumps({"attempt_id": 1, "run_id": 1, "db": "sqlite:////elsewhere.db",
+                                                    "config_hash": run.config_hash}))
     (taken / "keep.txt").write_text("someone else's run")
     runner = FakeRunner(clock)
     [out] = make_loop(repo, tmp_path, clock, runner, max_attempts=1).run().outcomes
     assert (out.state, out.failure_kind) == ("failed", "spawn")
-    assert "already exists" in (out.error or "") and "--runs-dir" in (out.error or "")
+    assert f"artifact dir {taken} already exists" in (out.error or "")
+    assert "of database sqlite:////elsewhere.db" in (out.error or "")
+    assert "give each database its own (`--runs-dir DIR`)" in (out.error or "")
     assert runner.spawns == []
     assert (taken / "keep.txt").read_text() == "someone else's run"
 

@@ -41,3 +41,17 @@ def test_cli_refusal_is_one_line(sqlite_url: str, tmp_path: Path,
 def test_workers_down_without_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.run(["workers", "down", "--runs-dir", str(tmp_path)]) == 0
     assert "no running workers" in capsys.readouterr().err
+
+
+def test_no_gpu_refusals_suggest_what_works_here(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "gpu_indices", lambda: [])
+    with pytest.raises(WorkerError) as e:
+        WorkerPool(PoolConfig(db_url="sqlite:///x.db", runs_dir=tmp_path, gpus="0,1")).start()
+    assert str(e.value) == ("--gpus 0,1: asked for 2 GPU(s) but this machine has 0; "
+                            "use --cpu-workers N")  # not `--gpus all`, which fails here too
+    monkeypatch.setattr(pool_module.shutil, "which", lambda name: None)
+    with pytest.raises(WorkerError, match=r"there is no nvidia-smi, so no NVIDIA driver"):
+        WorkerPool(PoolConfig(db_url="sqlite:///x.db", runs_dir=tmp_path, gpus="all")).start()

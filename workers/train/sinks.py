@@ -7,7 +7,6 @@ run id per attempt, so a resumed attempt appends to its own run and a retry gets
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -68,24 +67,21 @@ class TeeSink:
             s.close()
 
 
-def wandb_run_id(study: str, step: str, seed: int, attempt: str | int) -> str:
-    """Deterministic W&B run id of one attempt."""
-    return hashlib.sha256(f"{study}/{step}/{seed}/{attempt}".encode()).hexdigest()[:16]
-
-
 class WandbSink:
     """W&B run for one attempt; mode offline (default) or online; never prompts to log in."""
 
-    def __init__(self, *, study: str, step: str, seed: int, attempt: str | int, mode: str = "offline",
+    def __init__(self, *, run_id: str, name: str, study: str, step: str, mode: str = "offline",
                  project: str | None = None, entity: str | None = None, directory: str | Path = ".",
                  config: dict[str, Any] | None = None, tags: list[str] | None = None):
+        """`run_id` and `name` come from `orchestrator.core.ids` (the caller builds them:
+        this module never imports the orchestrator)."""
         assert mode in ("offline", "online"), f"WandbSink mode {mode!r}; disabled = do not create one"
         import wandb
 
-        self.run_id = wandb_run_id(study, step, seed, attempt)
+        self.run_id = run_id
         Path(directory).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            id=self.run_id, project=project or study, entity=entity, name=f"{study}/{step}/s{seed}/a{attempt}",
+            id=self.run_id, project=project or study, entity=entity, name=name,
             group=step, tags=tags or [], config=config or {}, dir=str(directory),
             mode=mode,  # type: ignore[arg-type]  # asserted offline/online above
             resume="allow", reinit="create_new", settings=wandb.Settings(silent=True, console="off"),

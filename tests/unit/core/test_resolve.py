@@ -327,3 +327,28 @@ def test_bad_set_overrides_name_the_flag(assignment: str, text: str) -> None:
         plan_of(BASE, overrides=Overrides(sets=(parse_set(assignment),)))
     assert str(e.value).startswith(text)
     assert "\n" not in str(e.value)
+
+
+def test_a_preset_override_applies_its_run_scale_unless_set_on_the_command_line():
+    from models.presets import RUN_SCALE
+    from orchestrator.core.loader import spec_from_text
+
+    text = """
+study: scale
+defaults:
+  model: {preset: gpt2-124m}
+  train: {budget: {seconds: 7200}, batch_size: 8, grad_accum: 8, eval_every: 100, eval_batches: 200}
+steps:
+  V0: {description: baseline}
+"""
+    spec = spec_from_text(text, file="scale.yaml")
+    full = resolve(spec, presets=PRESETS, vocab=TOKENIZER_VOCAB, run_scale=RUN_SCALE)
+    assert full.runs[0].config["train"]["eval_batches"] == 200 and "run_scale" not in full.overrides
+    tiny = resolve(spec, presets=PRESETS, vocab=TOKENIZER_VOCAB, run_scale=RUN_SCALE,
+                   overrides=Overrides(preset="tiny", time=40,
+                                       sets=(("train.eval_batches", 7),)))
+    train = tiny.runs[0].config["train"]
+    assert train["grad_accum"] == 1 and train["eval_every"] == RUN_SCALE["tiny"]["eval_every"]
+    assert train["eval_batches"] == 7  # --set wins over the run scale
+    assert tiny.overrides["run_scale"] == {k: v for k, v in RUN_SCALE["tiny"].items()
+                                           if k != "eval_batches"}

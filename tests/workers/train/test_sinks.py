@@ -1,4 +1,4 @@
-"""Metric sinks: the W&B sink offline (no login, deterministic id per attempt), null, tee."""
+"""Metric sinks: the W&B sink offline (no login, the id and name it is given), null, tee."""
 
 from __future__ import annotations
 
@@ -6,14 +6,7 @@ import json
 
 import pytest
 
-from workers.train.sinks import JsonlSink, NullSink, TeeSink, WandbSink, wandb_run_id
-
-
-def test_wandb_run_id_is_deterministic_per_attempt():
-    a = wandb_run_id("study", "V1", 2, 1)
-    assert a == wandb_run_id("study", "V1", 2, 1) and len(a) == 16
-    assert len({a, wandb_run_id("study", "V1", 2, 2), wandb_run_id("study", "V1", 3, 1),
-                wandb_run_id("study", "V2", 2, 1), wandb_run_id("other", "V1", 2, 1)}) == 5
+from workers.train.sinks import JsonlSink, NullSink, TeeSink, WandbSink
 
 
 def test_tee_and_null(tmp_path):
@@ -28,9 +21,9 @@ def test_wandb_sink_offline_writes_a_local_run(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    sink = WandbSink(study="s", step="V0", seed=1, attempt=3, mode="offline", directory=tmp_path,
-                     config={"a": 1}, tags=["step:V0", "seed:1"])
+    sink = WandbSink(run_id="0123456789abcdef", name="s/V0/seed1/attempt3", study="s", step="V0",
+                     mode="offline", directory=tmp_path, config={"a": 1}, tags=["step:V0", "seed:1"])
     sink.log(10, 1280, 1.0, {"loss": 2.5})
     sink.close()
-    runs = list((tmp_path / "wandb").glob(f"offline-run-*-{wandb_run_id('s', 'V0', 1, 3)}"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*-0123456789abcdef"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
