@@ -23,13 +23,7 @@ PACKAGES = ("orchestrator", "workers", "models", "migrations", "bench")
 # Cycles that exist today and that other branches remove; each entry is the import that
 # closes the cycle (importer, imported). EMPTY THIS LIST when those branches are merged:
 # the test fails on a listed import that no longer exists, and on any cycle not listed.
-KNOWN_CYCLE_IMPORTS: frozenset[tuple[str, str]] = frozenset({
-    # the mechanisms peek at the partner slot's knobs through the registry (house.md 2.6)
-    ("models.mechanisms.mla", "models.registry"),
-    ("models.mechanisms.reciprocal_mlp", "models.registry"),
-    # queue_cmd imports ensure_database back from run_cmd (house.md 2.3)
-    ("orchestrator.cli.queue_cmd", "orchestrator.cli.run_cmd"),
-})
+KNOWN_CYCLE_IMPORTS: frozenset[tuple[str, str]] = frozenset()
 
 
 def _graph() -> grimp.ImportGraph:

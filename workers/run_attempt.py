@@ -297,13 +297,13 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
     # -- sinks
     sinks: list[MetricsSink] = [JsonlSink(outdir / artifacts.METRICS)]
     if cfg.wandb.mode != "disabled":
-        run_id, run_name = _wandb_ids(outdir, cfg.study, cfg.step, cfg.seed, result["config_hash"])
+        run_id, run_name = _wandb_ids(outdir, cfg.study, cfg.step, cfg.seed, chash)
         sinks.append(WandbSink(
             run_id=run_id, name=run_name, study=cfg.study, step=cfg.step,
             mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
             directory=outdir, config=raw,
             tags=[f"study:{cfg.study[:58]}", f"step:{cfg.step[:59]}", f"seed:{cfg.seed}",
-                  f"attempt:{run_name.rsplit('/attempt', 1)[-1]}", f"config:{result['config_hash'][:12]}",
+                  f"attempt:{run_name.rsplit('/attempt', 1)[-1]}", f"config:{chash[:12]}",
                   f"commit:{_code_sha(outdir)[:12]}"]))
     sink = TeeSink(*sinks)
 

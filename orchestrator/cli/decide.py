@@ -16,9 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from orchestrator.core.results import StudyResults
+
+if TYPE_CHECKING:
+    from orchestrator.queue.repo import QueueRepo
 
 OPEN = "inconclusive"
 DEFAULT_MAX_SEEDS = 8
@@ -214,3 +217,12 @@ def until_decided(*, analyse: Callable[[], ReportLike], steps: Callable[[], Sequ
             + ", ".join(f"{s} +{len(v)}" for s, v in added.items()))
         if not run_round():
             return Stopped("interrupted", rounds, False, interrupted=True)
+
+
+def study_decision(repo: QueueRepo, study: str, *, cap: int | None = None) -> str | None:
+    """The decision line of one study (`4 of 6 comparisons decided; ...`), from the final
+    metrics only (no metric series: the equal-budget verdicts), or None without comparisons."""
+    from orchestrator.report.analysis import analyze
+
+    results = repo.study_results(study)
+    return decision_line(analyze(results), hours_per_seed(results), cap=cap)

@@ -65,7 +65,7 @@ def add(
     json_out: JsonOption = False,
 ) -> None:
     """Add seeds to a study's steps as new queued runs; run them with `recip workers up`."""
-    from orchestrator.cli.queue_cmd import parse_seeds
+    from orchestrator.cli.submit import parse_seeds
     from orchestrator.queue.repo import QueueRepo
 
     if (count is None) == (seeds is None):
@@ -102,16 +102,6 @@ def add(
 
 
 # --- the composition behind `recip run FILE --until-decided` and the status line --------
-
-
-def study_decision(repo: QueueRepo, study: str, *, cap: int | None = None) -> str | None:
-    """The decision line of one study (`4 of 6 comparisons decided; ...`), from the final
-    metrics only (no metric series: the equal-budget verdicts), or None without comparisons."""
-    from orchestrator.cli.decide import decision_line, hours_per_seed
-    from orchestrator.report.analysis import analyze
-
-    results = repo.study_results(study)
-    return decision_line(analyze(results), hours_per_seed(results), cap=cap)
 
 
 def run_until_decided(repo: QueueRepo, study: str, config: PoolConfig, first: DriveResult, *,

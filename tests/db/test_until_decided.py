@@ -9,8 +9,7 @@ import random
 from datetime import timedelta
 
 from models.presets import PRESETS, TOKENIZER_VOCAB
-from orchestrator.cli.decide import Stopped, hours_per_seed, until_decided
-from orchestrator.cli.seeds_cmd import study_decision
+from orchestrator.cli.decide import Stopped, hours_per_seed, study_decision, until_decided
 from orchestrator.core.loader import spec_from_text
 from orchestrator.core.resolve import resolve
 from orchestrator.core.states import AttemptState
