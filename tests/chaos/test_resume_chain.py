@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from workers.loop import WorkerLoop, WorkerSettings, attempt_pid, latest_checkpoint_dir
+from workers.attempt_dir import latest_checkpoint_dir
+from workers.loop import WorkerLoop, WorkerSettings
 from workers.run_attempt import carry_metrics
+from workers.runner import attempt_pid
 
 
 def _attempt(root: Path, n: int, resume_from: Path | None, checkpoint: bool) -> Path:

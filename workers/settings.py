@@ -1,0 +1,32 @@
+"""The settings of one WorkerLoop (plain data, pickled to a Ray actor)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    worker_id: str
+    runs_dir: Path
+    lease_s: float = 30.0
+    poll_s: float = 0.5
+    """How often a running attempt's files are read."""
+    idle_poll_s: float = 2.0
+    """How long to wait after an empty claim."""
+    grace_s: float = 120.0
+    """Wall time allowed past budget_seconds (startup, evals, checkpoints) before timed_out."""
+    kill_after_s: float = 30.0
+    """SIGTERM -> SIGKILL delay."""
+    max_attempts: int | None = None
+    """Stop after running this many attempts (`--once` = 1)."""
+    until_empty: bool = False
+    """Stop once nothing is queued or running (in `study`, or anywhere)."""
+    study: str | None = None
+    gpu_index: int | None = None
+    db_label: str = ""
+    """The database URL (redacted); an artifact dir is only resumed by the same database."""
+    metric_points: int = 1000
+    backoff_s: float = 0.5
+    backoff_max_s: float = 15.0
