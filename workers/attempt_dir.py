@@ -25,6 +25,7 @@ from workers.train import artifacts
 if TYPE_CHECKING:
     from orchestrator.queue.types import ClaimedAttempt
     from workers.provenance import CodeState
+    from workers.storage import Storage
 
 ATTEMPT_INFO = "attempt.json"
 _OWNER_KEYS = ("attempt_id", "run_id", "db", "config_hash")
@@ -42,26 +43,37 @@ def _ids_attempt_dir(runs_dir: Path, *, study: str, step: str, seed: int, config
     return Path(runs_dir) / ids.attempt_dir(study, step, seed, attempt_no, root=".")
 
 
-def path_of(runs_dir: Path, claimed: ClaimedAttempt) -> Path:
-    """The attempt's directory under `runs_dir`; ArtifactDirTaken for an unsafe name."""
+def path_of(runs_dir: Path, claimed: ClaimedAttempt, attempt_no: int | None = None) -> Path:
+    """The attempt's directory under `runs_dir` (of attempt `attempt_no` of the same run,
+    if given); ArtifactDirTaken for an unsafe name."""
     try:
         return _ids_attempt_dir(runs_dir, study=claimed.study, step=claimed.step,
                                 seed=claimed.seed, config_hash=claimed.config_hash,
-                                run_id=claimed.run_id, attempt_no=claimed.attempt_no)
+                                run_id=claimed.run_id,
+                                attempt_no=attempt_no or claimed.attempt_no)
     except ValueError as e:
         raise ArtifactDirTaken(f"{e} in the artifact path") from None
+
+
+def storage_rel(claimed: ClaimedAttempt, attempt_no: int | None = None) -> str:
+    """The attempt's place in checkpoint storage: the same layout as under the runs dir."""
+    return path_of(Path("."), claimed, attempt_no).as_posix()
 
 
 @dataclass(frozen=True)
 class Prepared:
     outdir: Path
     resume_from: Path | None
+    resume_stored: str | None = None
+    """The stored checkpoint that `resume_from` was downloaded from, if any."""
 
 
 def prepare(claimed: ClaimedAttempt, code: CodeState, runs_dir: Path, db_label: str, *,
-            worker_id: str, now: datetime) -> Prepared:
+            worker_id: str, now: datetime, storage: Storage | None = None) -> Prepared:
     """Create (or reclaim) the attempt's directory, write config.json and attempt.json and
-    pick the checkpoint to resume from. Raises ArtifactDirTaken or OSError."""
+    pick the checkpoint to resume from: this attempt's own, else its predecessors' on this
+    box, else the newest in `storage` (downloaded into OUTDIR/.resume). Raises
+    ArtifactDirTaken or OSError."""
     outdir = path_of(runs_dir, claimed)
     info: dict[str, Any] = {
         "attempt_id": claimed.attempt_id, "attempt_no": claimed.attempt_no,
@@ -89,10 +101,17 @@ def prepare(claimed: ClaimedAttempt, code: CodeState, runs_dir: Path, db_label: 
         outdir.mkdir(parents=True)
     if resume_from is None and claimed.previous_artifact_dir:
         resume_from = latest_checkpoint_dir(Path(claimed.previous_artifact_dir))
+    stored: str | None = None
+    if resume_from is None and storage is not None:
+        rels = [storage_rel(claimed, n) for n in range(claimed.attempt_no, 0, -1)]
+        stored = storage.newest_checkpoint(rels)
+        if stored is not None:
+            resume_from = storage.fetch(stored, outdir / ".resume").parent
     info["resume_from"] = str(resume_from) if resume_from else None
+    info["resume_from_storage"] = stored
     artifacts.write_json_atomic(outdir / artifacts.CONFIG, claimed.config)
     artifacts.write_json_atomic(outdir / ATTEMPT_INFO, info)
-    return Prepared(outdir, resume_from)
+    return Prepared(outdir, resume_from, stored)
 
 
 def latest_checkpoint_dir(previous: Path, *, hops: int = 100) -> Path | None:

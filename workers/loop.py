@@ -38,6 +38,7 @@ from workers.outcome import AttemptOutcome, WorkerReport
 from workers.retry import Backoff, FencedWriter, GaveUp, Retrier, Write
 from workers.runner import AttemptProcess, Runner, SubprocessRunner, stop_predecessor
 from workers.settings import WorkerSettings
+from workers.storage import CheckpointSync, Storage
 from workers.train import artifacts
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class _Watch:
     fence: FencedWriter
     tail: JsonlTail
     thinner: MetricThinner
+    sync: CheckpointSync | None = None
     pending: list[MetricRow] = field(default_factory=list)
     progress: dict[str, Any] | None = None
     next_heartbeat: float = 0.0
@@ -92,6 +94,7 @@ class WorkerLoop:
         self._stop = threading.Event()
         self._backoff = Backoff(settings.backoff_s, settings.backoff_max_s)
         self._retrier = Retrier(self.clock, self._backoff, self._stop, settings.lease_s)
+        self._storage = Storage(settings.storage) if settings.storage else None
         self.current_attempt: int | None = None
 
     @property
@@ -169,11 +172,11 @@ class WorkerLoop:
             try:
                 prepared = attempt_dir.prepare(
                     claimed, code, self.settings.runs_dir, self.settings.db_label,
-                    worker_id=self.worker_id, now=self.clock.now())
+                    worker_id=self.worker_id, now=self.clock.now(), storage=self._storage)
             except (ArtifactDirTaken, OSError) as e:
-                etype = "ArtifactDirExists" if isinstance(e, ArtifactDirTaken) else \
-                    type(e).__name__
-                return self._finish_unstarted(claimed, etype, str(e), None)
+                taken = isinstance(e, ArtifactDirTaken)
+                return self._finish_unstarted(
+                    claimed, "ArtifactDirExists" if taken else type(e).__name__, str(e), None)
             outdir = prepared.outdir
             # rows already in metrics.jsonl (resumed in place) are in the database; measured
             # before the spawn, since a warm attempt writes its first record within a second
@@ -188,7 +191,7 @@ class WorkerLoop:
         finally:
             self.current_attempt = None
 
-    def _stop_predecessor(self, previous: Path) -> None:
+    def _stop_predecessor(self, previous: Path) -> None:  # (tests call it)
         stop_predecessor(previous, self.clock, self.settings.kill_after_s)
 
     def _finish_unstarted(self, claimed: ClaimedAttempt, error_type: str, message: str,
@@ -207,7 +210,9 @@ class WorkerLoop:
         w = _Watch(claimed=claimed, outdir=outdir, proc=proc, fence=fence,
                    tail=JsonlTail(outdir / artifacts.METRICS, offset),
                    thinner=MetricThinner(s.metric_points,
-                                         lambda: expected_records(claimed.config, w.progress)))
+                                         lambda: expected_records(claimed.config, w.progress)),
+                   sync=CheckpointSync(self._storage, outdir, attempt_dir.storage_rel(claimed))
+                   if self._storage else None)
         env = p.env()
         started = fence.write(lambda: self.queue.start(
             claimed.attempt_id, s.worker_id, self.clock.now(), self.lease,
@@ -231,6 +236,7 @@ class WorkerLoop:
             if rc is not None:
                 break
             if now >= w.next_heartbeat:
+                self._sync_checkpoint(w)
                 w.progress = attempt_dir.read_progress(outdir) or w.progress
                 if self._heartbeat(w, now, beat) is Write.LOST:
                     return self._fenced(w, "lease lost (heartbeat fenced out)")
@@ -250,6 +256,7 @@ class WorkerLoop:
                 proc.kill()
             self.clock.sleep(s.poll_s, None if term_at is not None else self._stop)
         w.pending.extend(w.thinner.flush())
+        self._sync_checkpoint(w, final=True)
         if self._pump_metrics(w, self.clock.monotonic(), final=True) is Write.LOST:
             return self._fenced(w, "lease lost while recording the last metrics", killed=False)
         return self._conclude(w, rc, why, budget)
@@ -264,8 +271,10 @@ class WorkerLoop:
         if not verdict.requeue:
             return self._finish(w.claimed, w.outdir, verdict, rc, result, w)
         claimed = w.claimed
+        reason = "stopped" if why == outcome.STOP else "preempted"  # signalled directly
         done = w.fence.write(lambda: self.queue.requeue(
-            claimed.attempt_id, self.worker_id, self.clock.now()), until_fenced=True)
+            claimed.attempt_id, self.worker_id, self.clock.now(), reason=reason),
+            until_fenced=True)
         state = AttemptState.QUEUED if done is not Write.LOST else AttemptState.LOST
         logger.info("attempt %s stopped (exit %s): back to queued", claimed.attempt_id, rc,
                     extra=_log_extra("attempt_requeued", claimed))
@@ -307,6 +316,14 @@ class WorkerLoop:
                              w.outdir)
 
     # --- files -> database ---------------------------------------------------------------
+
+    def _sync_checkpoint(self, w: _Watch, *, final: bool = False) -> None:
+        """Copy a new checkpoint to storage and record where it is, fenced."""
+        if w.sync is not None:
+            w.sync.step(lambda uri, it: w.fence.write(functools.partial(
+                self.queue.record_checkpoint, w.claimed.attempt_id, self.worker_id,
+                self.clock.now(), uri=uri, iteration=it), until_fenced=final) is Write.OK,
+                final=final)
 
     def _heartbeat(self, w: _Watch, now: float, beat: float) -> Write:
         s, progress = self.settings, w.progress

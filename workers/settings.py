@@ -27,6 +27,8 @@ class WorkerSettings:
     gpu_index: int | None = None
     db_label: str = ""
     """The database URL (redacted); an artifact dir is only resumed by the same database."""
+    storage: str | None = None
+    """Checkpoint storage any box can read (workers/storage.py); None = runs_dir only."""
     metric_points: int = 1000
     backoff_s: float = 0.5
     backoff_max_s: float = 15.0

@@ -52,6 +52,13 @@ RunsDirOption = Annotated[Path, typer.Option(
     "--runs-dir", help="Where attempt directories go (runs/<study>/<step>/seed<k>/attempt<n>).")]
 LeaseOption = Annotated[float, typer.Option(
     "--lease", help="Lease in seconds; workers heartbeat every third of it.", min=1.0)]
+StorageOption = Annotated[str | None, typer.Option(
+    "--storage", envvar="RECIP_STORAGE", help="Checkpoint storage every box can read: a "
+    "shared path or an fsspec URI like s3://bucket/recip (default: the runs dir only).",
+    show_default=False)]
+NodeOption = Annotated[str | None, typer.Option(
+    "--node", help="With --address: the Ray node id to run this box's workers on (default: "
+    "the node this command runs on).", show_default=False)]
 GraceOption = Annotated[float, typer.Option(
     "--grace", help="Seconds an attempt may run past its time budget before it is timed_out.",
     min=0.0)]
@@ -207,7 +214,8 @@ def drive(pool: WorkerPool, repo: QueueRepo, *,
 
 def pool_config(*, db: str, runs_dir: Path, gpus: str | None, cpu_workers: int | None,
                 address: str | None, until_empty: bool, study: str | None, lease: float,
-                grace: float) -> PoolConfig:
+                grace: float, storage: str | None = None,
+                node_id: str | None = None) -> PoolConfig:
     from workers.pool import PoolConfig
 
     env = {}
@@ -215,9 +223,13 @@ def pool_config(*, db: str, runs_dir: Path, gpus: str | None, cpu_workers: int |
         env["RECIP_DATA_DIR"] = str(Path(os.environ["RECIP_DATA_DIR"]).resolve())
     else:
         env["RECIP_DATA_DIR"] = str(Path("data").resolve())
+    storage = storage or os.environ.get("RECIP_STORAGE") or None
+    if storage is not None and "://" not in storage:
+        storage = str(Path(storage).resolve())
     return PoolConfig(db_url=db, runs_dir=runs_dir.resolve(), gpus=gpus, cpu_workers=cpu_workers,
                       address=address, until_empty=until_empty, study=study, lease_s=lease,
-                      grace_s=grace, env=env, db_label=redact(db))
+                      grace_s=grace, env=env, db_label=redact(db), storage=storage,
+                      node_id=node_id)
 
 
 @app.command("up")
@@ -231,21 +243,26 @@ def up(
         "--until-empty", help="Exit once nothing is queued or running.")] = False,
     lease: LeaseOption = 30.0,
     grace: GraceOption = 120.0,
+    storage: StorageOption = None,
+    node: NodeOption = None,
     interval: Annotated[float, typer.Option(hidden=True)] = 2.0,
 ) -> None:
-    """Start workers (one per GPU, or N CPU workers) that run queued attempts; foreground."""
+    """Start workers (one per GPU, or N CPU workers) that run queued attempts; foreground.
+
+    With --address each box runs its own `workers up`: its workers stay on its own Ray
+    node and use its own checkout, runs dir and data (docs/cluster.md)."""
     from orchestrator.cli.render_workers import render_pool
     from workers.pool import WorkerPool
 
     url = absolute_db_url(db_url(db))
     config = pool_config(db=url, runs_dir=runs_dir, gpus=gpus, cpu_workers=cpu_workers,
                          address=address, until_empty=until_empty, study=None, lease=lease,
-                         grace=grace)
+                         grace=grace, storage=storage, node_id=node)
     with open_repo(url) as repo, pidfile(config.runs_dir, url, "workers up"):
         pool = WorkerPool(config)
         try:
             slots = pool.start()
-            where = f"Ray at {address}" if address else "local Ray"
+            where = f"Ray node {pool.node_id} at {address}" if address else "local Ray"
             noun = "worker" if len(slots) == 1 else "workers"
             title = (f"{len(slots)} {noun} ({', '.join(s.name for s in slots)}) on {where}; "
                      f"{redact(url)}; runs in {config.runs_dir}")

@@ -496,16 +496,30 @@ class QueueRepo:
         logger.info("attempt finished", extra={"action": "attempt_finished",
                                                "attempt": attempt_id, "state": state.value})
 
-    def requeue(self, attempt_id: int, worker_id: str, now: datetime) -> None:
+    def requeue(self, attempt_id: int, worker_id: str, now: datetime, *,
+                reason: str = "stopped") -> None:
         """claimed/running -> queued, same attempt row, lease released; fenced. For a worker
-        stopping cleanly: the attempt resumes from its own checkpoint."""
+        stopping cleanly or preempted (`reason`): the attempt resumes from its own
+        checkpoint and costs no retry (max_attempts counts attempt rows)."""
         now = _aware(now)
         with self._tx() as conn:
             self._fenced(conn, attempt_id, worker_id, LEASED, {
                 "state": QUEUED, "worker_id": None, "claimed_at": None,
                 "lease_expires_at": None,
             }, "requeue")
-            self._event(conn, [attempt_id], now, "requeued", {"worker": worker_id})
+            self._event(conn, [attempt_id], now, "requeued",
+                        {"worker": worker_id, "reason": reason})
+
+    def record_checkpoint(self, attempt_id: int, worker_id: str, now: datetime, *,
+                          uri: str, iteration: int | None) -> None:
+        """Record where the attempt's newest checkpoint is stored (a `checkpoint` event);
+        fenced, so a worker that lost the attempt records nothing."""
+        now = _aware(now)
+        with self._tx() as conn:
+            self._fenced(conn, attempt_id, worker_id, LEASED, {"heartbeat_at": now},
+                         "record a checkpoint")
+            self._event(conn, [attempt_id], now, "checkpoint",
+                        {"worker": worker_id, "uri": uri, "iter": iteration})
 
     # -- studies ------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ def _params(fn: object) -> list[tuple[str, object, object]]:
 
 def test_the_port_names_the_worker_calls() -> None:
     assert set(METHODS) == {"claim", "start", "heartbeat", "record_metrics", "finish",
-                            "requeue", "register_worker", "worker_heartbeat",
+                            "requeue", "record_checkpoint", "register_worker", "worker_heartbeat",
                             "worker_stopped", "snapshot"}
 
 
