@@ -35,6 +35,7 @@ from workers.attempt_dir import ArtifactDirTaken
 from workers.clock import Clock, SystemClock
 from workers.metrics_tail import JsonlTail, MetricRow, MetricThinner, expected_records
 from workers.outcome import AttemptOutcome, WorkerReport
+from workers.quarantine import Quarantine
 from workers.retry import Backoff, FencedWriter, GaveUp, Retrier, Write
 from workers.runner import AttemptProcess, Runner, SubprocessRunner, stop_predecessor
 from workers.settings import WorkerSettings
@@ -96,6 +97,8 @@ class WorkerLoop:
         self._retrier = Retrier(self.clock, self._backoff, self._stop, settings.lease_s)
         self._storage = Storage(settings.storage) if settings.storage else None
         self.current_attempt: int | None = None
+        self.quarantine = Quarantine(queue, self._retrier, settings.worker_id,
+                                     settings.quarantine_after)
 
     @property
     def lease(self) -> timedelta:
@@ -124,12 +127,14 @@ class WorkerLoop:
         try:
             r.call("register", lambda: q.register_worker(
                 s.worker_id, self.clock.now(), host=p.host, gpu=p.gpu, pid=os.getpid()))
+            self.quarantine.load()
             while not self.stopping:
                 if s.max_attempts is not None and len(outcomes) >= s.max_attempts:
                     reason = "max-attempts"
                     break
                 code = self._code_state()
-                claimed = r.call("claim", functools.partial(self._claim, code.sha))
+                claimed = None if self.quarantine.blocked() else \
+                    r.call("claim", functools.partial(self._claim, code.sha))
                 if claimed is None:
                     if s.until_empty and self._nothing_left():
                         reason = "empty"
@@ -138,6 +143,7 @@ class WorkerLoop:
                     self.clock.sleep(s.idle_poll_s, self._stop)
                     continue
                 outcomes.append(self.run_one(claimed, code))
+                self.quarantine.count(outcomes[-1], self.clock.now())
         except GaveUp:
             pass
         finally:

@@ -29,6 +29,8 @@ class WorkerSettings:
     """The database URL (redacted); an artifact dir is only resumed by the same database."""
     storage: str | None = None
     """Checkpoint storage any box can read (workers/storage.py); None = runs_dir only."""
+    quarantine_after: int = 3
+    """Stop claiming after this many same-kind box failures in a row (0: never)."""
     metric_points: int = 1000
     backoff_s: float = 0.5
     backoff_max_s: float = 15.0

@@ -65,6 +65,8 @@ class WorkerView:
     last_heartbeat: datetime | None
     stopped_at: datetime | None
     current_attempt: int | None = None
+    quarantined: str | None = None
+    """Why the worker stopped claiming (k same failures in a row), until released."""
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,9 @@ def snapshot(conn: Connection, now: datetime, label: str, study: str | None) -> 
         taken_at=now, db=label, studies=tuple(views),
         workers=tuple(WorkerView(id=w.id, host=w.host, gpu=w.gpu, pid=w.pid,
                                  started_at=w.started_at, last_heartbeat=w.last_heartbeat,
-                                 stopped_at=w.stopped_at, current_attempt=w.current_attempt)
+                                 stopped_at=w.stopped_at, current_attempt=w.current_attempt,
+                                 quarantined=w.quarantine_reason
+                                 if w.quarantined_at is not None else None)
                       for w in workers),
     )
 

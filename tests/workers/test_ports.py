@@ -22,7 +22,8 @@ def _params(fn: object) -> list[tuple[str, object, object]]:
 def test_the_port_names_the_worker_calls() -> None:
     assert set(METHODS) == {"claim", "start", "heartbeat", "record_metrics", "finish",
                             "requeue", "record_checkpoint", "register_worker", "worker_heartbeat",
-                            "worker_stopped", "snapshot"}
+                            "worker_stopped", "quarantine_worker", "worker_quarantine",
+                            "snapshot"}
 
 
 @pytest.mark.parametrize("name", METHODS)

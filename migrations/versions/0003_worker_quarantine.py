@@ -1,0 +1,32 @@
+"""worker quarantine: workers.quarantined_at, workers.quarantine_reason
+
+Revision ID: 0003
+Revises: 0001
+Create Date: 2026-12-04
+
+A worker (a box's GPU or CPU slot) whose attempts failed the same way k times in a row
+stops claiming until `recip workers release`; a restarted worker of the same host and slot
+inherits the quarantine (workers/loop.py, QueueRepo.quarantine_worker).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | None = "0001"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("workers") as batch:
+        batch.add_column(sa.Column("quarantined_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("quarantine_reason", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("workers") as batch:
+        batch.drop_column("quarantine_reason")
+        batch.drop_column("quarantined_at")
