@@ -1,4 +1,5 @@
-"""`recip workers up | ls | down`: run a pool of workers in the foreground, list, stop them.
+"""`recip workers up | ls | down | release`: run a pool of workers in the foreground, list,
+stop them, and let quarantined ones claim again.
 
 `up` writes a pidfile `<runs-dir>/.workers/<pid>.json` while it runs; `down` sends SIGTERM
 to every live `up` (and `recip run`) listed there, which asks each worker to stop cleanly:
@@ -291,7 +292,8 @@ def ls(
     if json_out:
         emit_json([{"id": w.id, "host": w.host, "gpu": w.gpu, "pid": w.pid,
                     "started_at": w.started_at, "last_heartbeat": w.last_heartbeat,
-                    "stopped_at": w.stopped_at, "current_attempt": w.current_attempt}
+                    "stopped_at": w.stopped_at, "current_attempt": w.current_attempt,
+                    "quarantined": w.quarantined}
                    for w in workers])
         return
     if not workers:
@@ -303,6 +305,38 @@ def ls(
 
     render.print_renderable(render_worker_table(workers, now=snap.taken_at,
                                                 include_stopped=all_))
+    for line in quarantine_lines(workers):
+        say(line)
+
+
+def quarantine_lines(workers: list[Any]) -> list[str]:
+    """One line per quarantined worker: who, why, and the command that lets it back."""
+    return [f"quarantined: {w.id} ({w.quarantined}); it claims nothing until "
+            f"`recip workers release {w.id}`" for w in workers if w.quarantined]
+
+
+@app.command("release")
+def release(
+    worker: Annotated[str | None, typer.Argument(
+        help="A worker id, or its host:slot (every restart of that slot).",
+        show_default=False)] = None,
+    host: Annotated[str | None, typer.Option(
+        "--host", help="Release every quarantined worker of this host.",
+        show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Release every quarantined worker.")
+                    ] = False,
+    db: DbOption = None,
+) -> None:
+    """Let quarantined workers claim attempts again (after fixing or checking the box)."""
+    if worker is None and host is None and not all_:
+        raise WorkerError("recip workers release: name a WORKER, --host HOST or --all "
+                          "(quarantined workers are listed by `recip workers ls`)")
+    with open_repo(db_url(db)) as repo:
+        released = repo.release_workers(datetime.now(UTC), worker=worker, host=host)
+    if not released:
+        what = worker or (f"host {host}" if host else "any worker")
+        raise WorkerError(f"no quarantined worker matches {what}; see `recip workers ls --all`")
+    say(f"released {len(released)} worker(s): {', '.join(released)}")
 
 
 @app.command("down")
