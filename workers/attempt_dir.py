@@ -66,6 +66,9 @@ class Prepared:
     resume_from: Path | None
     resume_stored: str | None = None
     """The stored checkpoint that `resume_from` was downloaded from, if any."""
+    metrics_offset: int = 0
+    """Bytes of metrics.jsonl already in the database (an attempt resumed in place);
+    measured before the spawn, since a warm attempt writes its first record within 1 s."""
 
 
 def prepare(claimed: ClaimedAttempt, code: CodeState, runs_dir: Path, db_label: str, *,
@@ -111,7 +114,9 @@ def prepare(claimed: ClaimedAttempt, code: CodeState, runs_dir: Path, db_label: 
     info["resume_from_storage"] = stored
     artifacts.write_json_atomic(outdir / artifacts.CONFIG, claimed.config)
     artifacts.write_json_atomic(outdir / ATTEMPT_INFO, info)
-    return Prepared(outdir, resume_from, stored)
+    metrics = outdir / artifacts.METRICS
+    offset = metrics.stat().st_size if metrics.exists() else 0
+    return Prepared(outdir, resume_from, stored, offset)
 
 
 def latest_checkpoint_dir(previous: Path, *, hops: int = 100) -> Path | None:

@@ -11,16 +11,14 @@ The loop is the only database writer for its attempt. Every write is fenced by t
 is retried with backoff, and once the lease must have expired the loop kills its attempt
 itself, so two processes never train the same attempt. No attempt failure ends the loop.
 
-The pieces: the queue port (ports.py), the directory (attempt_dir.py), processes
-(runner.py), the verdict (outcome.py), the retry policy (retry.py).
-"""
+Pieces: ports.py (the queue), attempt_dir.py, runner.py, outcome.py (the verdict),
+retry.py, storage.py (checkpoints any box reads), quarantine.py (bad boxes)."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +36,7 @@ from workers.outcome import AttemptOutcome, WorkerReport
 from workers.quarantine import Quarantine
 from workers.retry import Backoff, FencedWriter, GaveUp, Retrier, Write
 from workers.runner import AttemptProcess, Runner, SubprocessRunner, stop_predecessor
-from workers.settings import WorkerSettings
+from workers.settings import WorkerSettings, default_worker_id
 from workers.storage import CheckpointSync, Storage
 from workers.train import artifacts
 
@@ -55,9 +53,7 @@ __all__ = ["ArtifactDirTaken", "AttemptOutcome", "WorkerLoop", "WorkerReport",
 
 
 @dataclass
-class _Watch:
-    """Mutable state of one running attempt."""
-
+class _Watch:  # one running attempt
     claimed: ClaimedAttempt
     outdir: Path
     proc: AttemptProcess
@@ -71,12 +67,9 @@ class _Watch:
     next_metrics: float = 0.0
 
 
-def _log_extra(action: str, claimed: ClaimedAttempt | None = None, **more: Any) -> dict[str, Any]:
+def _log_extra(action: str, claimed: ClaimedAttempt, **more: Any) -> dict[str, Any]:
     """The structured log context of one worker event (procrastinate's `_log_extra`)."""
-    extra: dict[str, Any] = {"action": action, **more}
-    if claimed is not None:
-        extra["attempt"] = claimed.attempt_id
-    return extra
+    return {"action": action, "attempt": claimed.attempt_id, **more}
 
 
 class WorkerLoop:
@@ -96,13 +89,10 @@ class WorkerLoop:
         self._backoff = Backoff(settings.backoff_s, settings.backoff_max_s)
         self._retrier = Retrier(self.clock, self._backoff, self._stop, settings.lease_s)
         self._storage = Storage(settings.storage) if settings.storage else None
+        self.lease = timedelta(seconds=settings.lease_s)
         self.current_attempt: int | None = None
         self.quarantine = Quarantine(queue, self._retrier, settings.worker_id,
                                      settings.quarantine_after)
-
-    @property
-    def lease(self) -> timedelta:
-        return timedelta(seconds=self.settings.lease_s)
 
     @property
     def worker_id(self) -> str:
@@ -174,7 +164,8 @@ class WorkerLoop:
         claimed_at = self.clock.monotonic()
         try:
             if claimed.previous_artifact_dir:  # before its checkpoint is looked for
-                self._stop_predecessor(Path(claimed.previous_artifact_dir))
+                stop_predecessor(Path(claimed.previous_artifact_dir), self.clock,
+                                 self.settings.kill_after_s)
             try:
                 prepared = attempt_dir.prepare(
                     claimed, code, self.settings.runs_dir, self.settings.db_label,
@@ -183,11 +174,7 @@ class WorkerLoop:
                 taken = isinstance(e, ArtifactDirTaken)
                 return self._finish_unstarted(
                     claimed, "ArtifactDirExists" if taken else type(e).__name__, str(e), None)
-            outdir = prepared.outdir
-            # rows already in metrics.jsonl (resumed in place) are in the database; measured
-            # before the spawn, since a warm attempt writes its first record within a second
-            metrics_path = outdir / artifacts.METRICS
-            offset = metrics_path.stat().st_size if metrics_path.exists() else 0
+            outdir, offset = prepared.outdir, prepared.metrics_offset
             try:
                 proc = self.runner.spawn(outdir, resume_from=prepared.resume_from)
             except OSError as e:
@@ -196,9 +183,6 @@ class WorkerLoop:
             return self._supervise(claimed, code, outdir, proc, claimed_at, offset)
         finally:
             self.current_attempt = None
-
-    def _stop_predecessor(self, previous: Path) -> None:  # (tests call it)
-        stop_predecessor(previous, self.clock, self.settings.kill_after_s)
 
     def _finish_unstarted(self, claimed: ClaimedAttempt, error_type: str, message: str,
                           outdir: Path | None) -> AttemptOutcome:
@@ -221,10 +205,9 @@ class WorkerLoop:
                    if self._storage else None)
         env = p.env()
         started = fence.write(lambda: self.queue.start(
-            claimed.attempt_id, s.worker_id, self.clock.now(), self.lease,
+            claimed.attempt_id, s.worker_id, self.clock.now(), self.lease, env=env,
             artifact_dir=str(outdir), code_sha=code.sha, code_dirty=code.dirty,
-            diff_hash=code.diff_hash, host=p.host, gpu=p.gpu, pid=proc.pid, env=env),
-            until_fenced=True)
+            diff_hash=code.diff_hash, host=p.host, gpu=p.gpu, pid=proc.pid), until_fenced=True)
         if started is Write.LOST:
             return self._fenced(w, "lease lost before the attempt started")
         spawned = self.clock.monotonic()
@@ -254,9 +237,8 @@ class WorkerLoop:
                     proc.terminate()
                 elif deadline is not None and now >= deadline:
                     why, term_at = outcome.TIMEOUT, now
-                    logger.warning("attempt %s past budget %.0fs + grace %.0fs: terminating",
-                                   claimed.attempt_id, budget or 0.0, s.grace_s,
-                                   extra=_log_extra("attempt_timeout", claimed))
+                    logger.warning("attempt %s past budget + grace: terminating", claimed.attempt_id,
+                                   extra=_log_extra("attempt_timeout", claimed, grace=s.grace_s))
                     proc.terminate()
             elif now - term_at >= s.kill_after_s:
                 proc.kill()
@@ -309,9 +291,9 @@ class WorkerLoop:
         logger.info("attempt %s %s%s", claimed.attempt_id, final,
                     f" ({kind.value}: {verdict.message})" if kind else "",
                     extra=_log_extra("attempt_finished", claimed))
-        error = f"{verdict.error_type}: {verdict.message}" if verdict.error_type \
-            else verdict.message
-        return AttemptOutcome.of(claimed, final, kind.value if kind else None, rc, error, outdir)
+        error = f"{verdict.error_type}: {verdict.message}" if verdict.error_type else None
+        return AttemptOutcome.of(claimed, final, kind.value if kind else None, rc,
+                                 error or verdict.message, outdir)
 
     def _fenced(self, w: _Watch, why: str, *, killed: bool = True) -> AttemptOutcome:
         if killed:
@@ -364,8 +346,3 @@ class WorkerLoop:
             self.clock.sleep(w.fence.next_wait())
             if w.fence.expired:
                 return Write.LOST
-
-
-def default_worker_id(slot: str) -> str:
-    """`host:slot-pid`, unique among the live workers of one database."""
-    return f"{socket.gethostname()}:{slot}-{os.getpid()}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,3 +36,8 @@ class WorkerSettings:
     metric_points: int = 1000
     backoff_s: float = 0.5
     backoff_max_s: float = 15.0
+
+
+def default_worker_id(slot: str) -> str:
+    """`host:slot-pid`, unique among the live workers of one database."""
+    return f"{socket.gethostname()}:{slot}-{os.getpid()}"
