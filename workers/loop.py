@@ -115,8 +115,8 @@ class WorkerLoop:
         outcomes: list[AttemptOutcome] = []
         reason = "stopped"
         try:
-            r.call("register", lambda: q.register_worker(
-                s.worker_id, self.clock.now(), host=p.host, gpu=p.gpu, pid=os.getpid()))
+            r.call("register", lambda: q.register_worker(s.worker_id, self.clock.now(),
+                   host=p.host, gpu=p.gpu, pid=os.getpid(), code_sha=p.code.sha))
             self.quarantine.load()
             while not self.stopping:
                 if s.max_attempts is not None and len(outcomes) >= s.max_attempts:
@@ -129,7 +129,8 @@ class WorkerLoop:
                     if s.until_empty and self._nothing_left():
                         reason = "empty"
                         break
-                    r.best_effort(lambda: q.worker_heartbeat(s.worker_id, self.clock.now()))
+                    r.best_effort(functools.partial(q.worker_heartbeat, s.worker_id,
+                                                    self.clock.now(), code_sha=code.sha))
                     self.clock.sleep(s.idle_poll_s, self._stop)
                     continue
                 outcomes.append(self.run_one(claimed, code))

@@ -305,14 +305,10 @@ def ls(
 
     render.print_renderable(render_worker_table(workers, now=snap.taken_at,
                                                 include_stopped=all_))
-    for line in quarantine_lines(workers):
+    from orchestrator.core.unclaimed import quarantined
+
+    for line in quarantined(snap):
         say(line)
-
-
-def quarantine_lines(workers: list[Any]) -> list[str]:
-    """One line per quarantined worker: who, why, and the command that lets it back."""
-    return [f"quarantined: {w.id} ({w.quarantined}); it claims nothing until "
-            f"`recip workers release {w.id}`" for w in workers if w.quarantined]
 
 
 @app.command("release")

@@ -646,11 +646,13 @@ class QueueRepo:
     # -- workers ------------------------------------------------------------------------
 
     def register_worker(self, worker_id: str, now: datetime, *, host: str, gpu: str | None,
-                        pid: int | None) -> None:
-        """Insert or refresh the worker row (started now, not stopped)."""
+                        pid: int | None, code_sha: str | None = None) -> None:
+        """Insert or refresh the worker row (started now, not stopped; the commit of its
+        checkout, if known)."""
         now = _aware(now)
         values = {"host": host, "gpu": gpu, "pid": pid, "started_at": now,
-                  "last_heartbeat": now, "stopped_at": None, "current_attempt": None}
+                  "last_heartbeat": now, "stopped_at": None, "current_attempt": None,
+                  "code_sha": code_sha}
         stmt = self._insert(WorkerRow).values(id=worker_id, **values)
         stmt = stmt.on_conflict_do_update(index_elements=[WorkerRow.id], set_=values)
         with self._tx() as conn:
@@ -702,13 +704,17 @@ class QueueRepo:
         return sorted(ids)
 
     def worker_heartbeat(self, worker_id: str, now: datetime,
-                         current_attempt: int | None = None) -> None:
-        """Record that the worker is alive (and what it runs)."""
+                         current_attempt: int | None = None, *,
+                         code_sha: str | None = None) -> None:
+        """Record that the worker is alive (and what it runs; its checkout's commit if
+        given, which changes after a `git pull`)."""
         now = _aware(now)
+        values: dict[str, Any] = {"last_heartbeat": now, "current_attempt": current_attempt}
+        if code_sha is not None:
+            values["code_sha"] = code_sha
         with self._tx() as conn:
             n = conn.execute(
-                sa.update(WorkerRow).where(WorkerRow.id == worker_id)
-                .values(last_heartbeat=now, current_attempt=current_attempt)
+                sa.update(WorkerRow).where(WorkerRow.id == worker_id).values(**values)
             ).rowcount
         if n == 0:
             raise QueueError(f"worker {worker_id} is not registered; call register_worker first")

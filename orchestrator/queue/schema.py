@@ -161,6 +161,7 @@ class WorkerRow(Base):
     current_attempt: Mapped[int | None] = mapped_column(sa.Integer)
     quarantined_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     quarantine_reason: Mapped[str | None] = mapped_column(sa.Text)
+    code_sha: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class EventRow(Base):
