@@ -1,6 +1,6 @@
 """Bad boxes set aside: a worker whose attempts fail the same box-shaped way k times in a
 row (crashed, oom, spawn, disk_full) stops claiming, so one bad GPU cannot fail a whole
-study. Its failed runs' next attempts go to the other workers. The quarantine lives in the
+study; the queued work goes to the other workers. The quarantine lives in the
 queue (workers.quarantined_at), survives a restart of the same host and slot, shows in
 `recip workers ls` and `recip status`, and ends with `recip workers release`.
 """
