@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from orchestrator.core.states import AttemptState, FailureKind
-from orchestrator.core.views import Snapshot
-from orchestrator.queue.types import ClaimedAttempt
+if TYPE_CHECKING:
+    from orchestrator.core.states import AttemptState, FailureKind
+    from orchestrator.core.views import Snapshot
+    from orchestrator.queue.types import ClaimedAttempt
 
 
 class Queue(Protocol):

@@ -63,19 +63,27 @@ class Storage:
         return self.uri(rel, name)
 
     def newest_checkpoint(self, rels: Sequence[str]) -> str | None:
-        """The first of `rels` (newest first) that holds a checkpoint; its storage path."""
-        for rel in rels:
-            path = self._path(rel, artifacts.CHECKPOINT)
-            if self.fs.exists(path):
-                return path
+        """The first of `rels` (newest first) that holds a checkpoint; its storage path.
+        OSError when the storage cannot be read (this box cannot reach it)."""
+        try:
+            for rel in rels:
+                path = self._path(rel, artifacts.CHECKPOINT)
+                if self.fs.exists(path):
+                    return path
+        except Exception as e:  # noqa: BLE001 - fsspec backends raise their own errors
+            raise OSError(f"checkpoint storage {self.url}: {e}") from e
         return None
 
     def fetch(self, path: str, into: Path) -> Path:
-        """Download a stored checkpoint into the directory `into`; the local file."""
+        """Download a stored checkpoint into the directory `into`; the local file.
+        OSError when it cannot (the attempt then fails to start: a box problem)."""
         into.mkdir(parents=True, exist_ok=True)
         local = into / artifacts.CHECKPOINT
         tmp = into / f".{artifacts.CHECKPOINT}.part"
-        self.fs.get_file(path, str(tmp))
+        try:
+            self.fs.get_file(path, str(tmp))
+        except Exception as e:  # noqa: BLE001 - fsspec backends raise their own errors
+            raise OSError(f"checkpoint storage {self.url}: cannot download {path}: {e}") from e
         os.replace(tmp, local)
         return local
 
@@ -120,7 +128,7 @@ class CheckpointSync:
         with self._lock:
             try:
                 address = self.storage.put(self.outdir / artifacts.CHECKPOINT, self.rel)
-            except (OSError, ValueError) as e:  # the next poll tries again
+            except Exception as e:  # noqa: BLE001 - the next poll tries again
                 logger.warning("checkpoint upload to %s failed: %s", self.storage.url, e,
                                extra={"action": "checkpoint_upload_failed"})
                 return
@@ -160,6 +168,6 @@ class CheckpointSync:
             if (self.outdir / name).exists():
                 try:
                     self.storage.put(self.outdir / name, self.rel)
-                except (OSError, ValueError) as e:
+                except Exception as e:  # noqa: BLE001 - the attempt's end is recorded anyway
                     logger.warning("artifact upload of %s failed: %s", name, e,
                                    extra={"action": "artifact_upload_failed"})

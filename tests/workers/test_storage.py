@@ -108,3 +108,33 @@ def test_no_storage_configured_keeps_everything_in_the_runs_dir(repo: QueueRepo,
     assert done.state == "succeeded"
     assert [e for e in repo.events(done.attempt_id) if e["kind"] == "checkpoint"] == []
     assert [p.name for p in (tmp_path / "box").iterdir()] == ["runs"]
+
+
+class _Unreachable(Exception):
+    pass
+
+
+def test_unreachable_storage_fails_the_attempt_to_start_not_the_worker(
+        repo: QueueRepo, tmp_path: Path) -> None:
+    """An object store this box cannot reach (a fake fsspec backend that raises, at the
+    network boundary): the resumed attempt fails as `spawn`, a box problem, and the worker
+    goes on to the next attempt."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class Unreachable(MemoryFileSystem):
+        protocol = "unreachable"
+
+        def exists(self, path: str, **kw: Any) -> bool:
+            raise _Unreachable("connection timed out")
+
+    fsspec.register_implementation("unreachable", Unreachable, clobber=True)
+    clock = FakeClock()
+    repo.submit(plan(steps=("V0", "V1")), clock.now())
+    runner = FakeRunner(clock, default=Script(iters=2))
+    report = make_loop(repo, tmp_path, clock, runner, max_attempts=2,
+                       storage="unreachable://bucket/recip").run()
+    assert [(o.state, o.failure_kind) for o in report.outcomes] == [("failed", "spawn")] * 2
+    assert "checkpoint storage unreachable://bucket/recip: connection timed out" in (
+        report.outcomes[0].error or "")
+    assert runner.spawns == []
