@@ -224,16 +224,6 @@ def _uses_wandb(config: Path) -> bool:
 # --- the processes of attempts this worker did not start ---------------------------------
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` is a live (not zombie) process on this host."""
-    try:
-        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
 def attempt_pid(outdir: Path) -> int | None:
     """The pid of a live attempt process of OUTDIR on this host: the pid the trainer writes
     into progress.json, if that process writes its stdout to OUTDIR/stdout.log (a fresh or a

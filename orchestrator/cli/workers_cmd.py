@@ -104,16 +104,14 @@ def pidfile(runs_dir: Path, db: str, what: str) -> Iterator[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """True while `pid` is a live (not zombie) process on this host."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
+    except psutil.AccessDenied:
         return True
 
 
