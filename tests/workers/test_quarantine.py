@@ -32,9 +32,9 @@ class StopWhenIdleAndQuarantined:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.repo, name)
 
-    def worker_heartbeat(self, worker_id: str, now: Any, current_attempt: int | None = None
-                         ) -> None:
-        self.repo.worker_heartbeat(worker_id, now, current_attempt)
+    def worker_heartbeat(self, worker_id: str, now: Any, current_attempt: int | None = None,
+                         **kw: Any) -> None:
+        self.repo.worker_heartbeat(worker_id, now, current_attempt, **kw)
         if current_attempt is None and self.loop and self.loop.quarantine.reason:
             self.idle_while_quarantined += 1
             self.loop.stop()
