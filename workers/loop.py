@@ -1,230 +1,61 @@
 """WorkerLoop: claim an attempt, run it in a fresh process, keep the database true, repeat.
 
     register -> loop {
-        claim -> runs/<study>/<step>/seed<k>/attempt<n>/ (new) -> config.json -> spawn -> start
+        claim -> attempt_dir.prepare (runs/<study>/<step>/seed<k>/attempt<n>/) -> spawn -> start
         every poll: progress.json -> heartbeat (<= every lease/3); metrics.jsonl -> metric rows
-        exit -> result.json -> finish(succeeded | failed+kind | timed_out) or requeue (stop)
+        exit -> outcome.classify -> finish(succeeded | failed+kind | timed_out) or requeue
     }
 
-The loop is the only database writer for its attempt. Every write is fenced by the queue:
-LeaseLost kills the attempt's process group at once. A database outage is retried with
-backoff; once the lease must have expired the loop kills its attempt itself (fencing), so
-two processes never train the same attempt. No attempt failure ends the loop.
-"""
+The loop is the only database writer for its attempt. Every write is fenced by the queue
+(workers/retry.py): LeaseLost kills the attempt's process group at once; a database outage
+is retried with backoff, and once the lease must have expired the loop kills its attempt
+itself, so two processes never train the same attempt. No attempt failure ends the loop.
+
+Pieces: ports.py (the queue), attempt_dir.py, runner.py, outcome.py (the verdict),
+retry.py, storage.py (checkpoints any box reads), quarantine.py (bad boxes)."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
-import signal
-import socket
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.core import ids
-from orchestrator.core.errors import LeaseLost, QueueError, StaleTransition
-from orchestrator.core.states import AttemptState, FailureKind
+from orchestrator.core.states import LEASED, AttemptState, FailureKind
+from workers import attempt_dir, outcome
 from workers import provenance as prov
+from workers.attempt_dir import ArtifactDirTaken
 from workers.clock import Clock, SystemClock
-from workers.metrics_tail import JsonlTail, MetricRow, MetricThinner
-from workers.runner import RUN_ATTEMPT, AttemptProcess, Runner, SubprocessRunner
-from workers.train import artifacts, disk
+from workers.disk_guard import DiskGuard
+from workers.metrics_tail import JsonlTail, MetricThinner, expected_records
+from workers.outcome import AttemptOutcome, WorkerReport
+from workers.quarantine import Quarantine
+from workers.retry import Backoff, FencedWriter, GaveUp, Retrier, Write
+from workers.runner import AttemptProcess, Runner, SubprocessRunner, stop_predecessor
+from workers.settings import WorkerSettings, default_worker_id
+from workers.storage import CheckpointSync, Storage
+from workers.train import artifacts
+from workers.watch import Watch
+
+if TYPE_CHECKING:
+    from orchestrator.queue.types import ClaimedAttempt
+    from workers.ports import Queue
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
+_LIVE = frozenset({AttemptState.QUEUED, *LEASED})
 
-ATTEMPT_INFO = artifacts.ATTEMPT_INFO
-
-
-class ClaimedAttemptLike(Protocol):
-    @property
-    def attempt_id(self) -> int: ...
-    @property
-    def attempt_no(self) -> int: ...
-    @property
-    def run_id(self) -> int: ...
-    @property
-    def study(self) -> str: ...
-    @property
-    def step(self) -> str: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def config(self) -> dict[str, Any]: ...
-    @property
-    def config_hash(self) -> str: ...
-    @property
-    def budget_seconds(self) -> float | None: ...
-    @property
-    def previous_artifact_dir(self) -> str | None: ...
+__all__ = ["ArtifactDirTaken", "AttemptOutcome", "WorkerLoop", "WorkerReport",
+           "WorkerSettings", "default_worker_id"]
 
 
-class RunStateLike(Protocol):
-    @property
-    def state(self) -> str | None: ...
-
-
-class StudyLike(Protocol):
-    @property
-    def runs(self) -> Sequence[RunStateLike]: ...
-
-
-class SnapshotLike(Protocol):
-    @property
-    def studies(self) -> Sequence[StudyLike]: ...
-
-
-class Queue(Protocol):
-    """The part of QueueRepo a worker uses (orchestrator/queue/repo.py)."""
-
-    def claim(self, worker_id: str, now: datetime, lease: timedelta, *,
-              code_sha: str | None = None, study: str | None = None
-              ) -> ClaimedAttemptLike | None: ...
-
-    def start(self, attempt_id: int, worker_id: str, now: datetime, lease: timedelta, *,
-              artifact_dir: str, code_sha: str | None, code_dirty: bool | None,
-              diff_hash: str | None, host: str, gpu: str | None, pid: int | None,
-              env: dict[str, Any]) -> None: ...
-
-    def heartbeat(self, attempt_id: int, worker_id: str, now: datetime, lease: timedelta,
-                  progress: dict[str, Any] | None = None) -> None: ...
-
-    def record_metrics(self, attempt_id: int, worker_id: str,
-                       rows: Sequence[tuple[str, int, float]]) -> object: ...
-
-    def finish(self, attempt_id: int, worker_id: str, now: datetime, state: AttemptState, *,
-               failure_kind: FailureKind | None, exit_code: int | None,
-               error_type: str | None, error_message: str | None,
-               result: dict[str, Any] | None) -> None: ...
-
-    def requeue(self, attempt_id: int, worker_id: str, now: datetime) -> None: ...
-
-    def register_worker(self, worker_id: str, now: datetime, *, host: str, gpu: str | None,
-                        pid: int | None) -> None: ...
-
-    def worker_heartbeat(self, worker_id: str, now: datetime,
-                         current_attempt: int | None = None) -> None: ...
-
-    def worker_stopped(self, worker_id: str, now: datetime) -> None: ...
-
-    def snapshot(self, now: datetime, study: str | None = None) -> SnapshotLike: ...
-
-
-@dataclass(frozen=True)
-class WorkerSettings:
-    worker_id: str
-    runs_dir: Path
-    lease_s: float = 30.0
-    poll_s: float = 0.5
-    """How often a running attempt's files are read."""
-    idle_poll_s: float = 2.0
-    """How long to wait after an empty claim."""
-    grace_s: float = 120.0
-    """Wall time allowed past budget_seconds (startup, evals, checkpoints) before timed_out."""
-    kill_after_s: float = 30.0
-    """SIGTERM -> SIGKILL delay."""
-    max_attempts: int | None = None
-    """Stop after running this many attempts (`--once` = 1)."""
-    until_empty: bool = False
-    """Stop once nothing is queued or running (in `study`, or anywhere)."""
-    study: str | None = None
-    """Claim only this study's attempts (`recip run`); None: any study."""
-    gpu_index: int | None = None
-    db_label: str = ""
-    """The database URL (redacted); an artifact dir is only resumed by the same database."""
-    metric_points: int = 1000
-    backoff_s: float = 0.5
-    backoff_max_s: float = 15.0
-    min_free_bytes: int = field(default_factory=disk.min_free_bytes)
-    """No claim while runs_dir has less free space ($RECIP_MIN_FREE_MB, default 200 MB)."""
-
-
-@dataclass(frozen=True)
-class AttemptOutcome:
-    attempt_id: int
-    study: str
-    step: str
-    seed: int
-    attempt_no: int
-    state: str
-    """succeeded, failed, timed_out, lost (fenced out), or queued (requeued on stop)."""
-    failure_kind: str | None = None
-    exit_code: int | None = None
-    error: str | None = None
-    artifact_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class WorkerReport:
-    worker_id: str
-    outcomes: tuple[AttemptOutcome, ...] = ()
-    reason: str = ""
-    """Why the loop ended: stopped, max-attempts, empty, low-disk (too little free space to
-    claim; the warning logged says how much)."""
-
-    @property
-    def succeeded(self) -> int:
-        return sum(o.state == AttemptState.SUCCEEDED.value for o in self.outcomes)
-
-
-class ArtifactDirTaken(QueueError):
-    """The attempt's artifact directory already exists and belongs to another attempt."""
-
-
-@dataclass
-class _Watch:
-    """Mutable state of one running attempt."""
-
-    claimed: ClaimedAttemptLike
-    outdir: Path
-    proc: AttemptProcess
-    lease_ok_at: float
-    tail: JsonlTail
-    thinner: MetricThinner
-    pending: list[MetricRow] = field(default_factory=list)
-    progress: artifacts.Progress | None = None
-    next_heartbeat: float = 0.0
-    next_metrics: float = 0.0
-    failures: int = 0
-
-
-def _is_outage(e: BaseException) -> bool:
-    from orchestrator.core.errors import DatabaseUnavailable
-
-    if isinstance(e, DatabaseUnavailable):
-        return True
-    names = {cls.__name__ for cls in type(e).__mro__}
-    return bool(names & {"OperationalError", "InterfaceError", "DisconnectionError",
-                         "TimeoutError", "ConnectionError"})
-
-
-def _signal_name(code: int) -> str:
-    import signal
-
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
-def _log_tail(path: Path, lines: int = 1) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 8192))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    kept = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return " | ".join(kept[-lines:])
+def _log_extra(action: str, claimed: ClaimedAttempt, **more: Any) -> dict[str, Any]:
+    """The structured log context of one worker event (procrastinate's `_log_extra`)."""
+    return {"action": action, "attempt": claimed.attempt_id, **more}
 
 
 class WorkerLoop:
@@ -241,12 +72,14 @@ class WorkerLoop:
         self._code_state = code_state
         self._provenance = provenance
         self._stop = threading.Event()
+        self._backoff = Backoff(settings.backoff_s, settings.backoff_max_s)
+        self._retrier = Retrier(self.clock, self._backoff, self._stop, settings.lease_s)
+        self._storage = Storage(settings.storage) if settings.storage else None
+        self.lease = timedelta(seconds=settings.lease_s)
         self.current_attempt: int | None = None
-        self._low_disk_said: str | None = None
-
-    @property
-    def lease(self) -> timedelta:
-        return timedelta(seconds=self.settings.lease_s)
+        self.disk = DiskGuard(settings.runs_dir, settings.min_free_bytes)
+        self.quarantine = Quarantine(queue, self._retrier, settings.worker_id,
+                                     settings.quarantine_after)
 
     @property
     def worker_id(self) -> str:
@@ -264,200 +97,111 @@ class WorkerLoop:
 
     def run(self) -> WorkerReport:
         """Claim and run attempts until stopped, out of work (`until_empty`) or at max."""
-        s = self.settings
-        if self._provenance is None:
-            self._provenance = prov.collect()
-        p = self._provenance
+        s, q, r = self.settings, self.queue, self._retrier
+        p = self._provenance = self._provenance or prov.collect()
         outcomes: list[AttemptOutcome] = []
-        registered = self._retry("register", lambda: self.queue.register_worker(
-            s.worker_id, self.clock.now(), host=p.host, gpu=p.gpu, pid=os.getpid()))
         reason = "stopped"
         try:
-            if registered is _GAVE_UP:
-                return WorkerReport(s.worker_id, (), reason)
+            r.call("register", lambda: q.register_worker(s.worker_id, self.clock.now(),
+                   host=p.host, gpu=p.gpu, pid=os.getpid(), code_sha=p.code.sha))
+            self.quarantine.load()
             while not self.stopping:
                 if s.max_attempts is not None and len(outcomes) >= s.max_attempts:
                     reason = "max-attempts"
                     break
                 code = self._code_state()
-                claimed = self._retry("claim", functools.partial(self._claim, code.sha))
-                if claimed is _GAVE_UP:
-                    break
+                claimed = None if self.quarantine.blocked() else \
+                    r.call("claim", functools.partial(self._claim, code.sha))
                 if claimed is None:
-                    if s.until_empty and self._low_disk_said is not None:
+                    if s.until_empty and self.disk.refused is not None:
                         reason = "low-disk"
                         break
                     if s.until_empty and self._nothing_left():
                         reason = "empty"
                         break
-                    self._best_effort(lambda: self.queue.worker_heartbeat(
-                        s.worker_id, self.clock.now()))
+                    r.best_effort(functools.partial(q.worker_heartbeat, s.worker_id,
+                                                    self.clock.now(), code_sha=code.sha))
                     self.clock.sleep(s.idle_poll_s, self._stop)
                     continue
-                assert not isinstance(claimed, _GaveUp)
                 outcomes.append(self.run_one(claimed, code))
+                self.quarantine.count(outcomes[-1], self.clock.now())
+        except GaveUp:
+            pass
         finally:
-            self._best_effort(lambda: self.queue.worker_stopped(s.worker_id, self.clock.now()))
+            r.best_effort(lambda: q.worker_stopped(s.worker_id, self.clock.now()))
         return WorkerReport(s.worker_id, tuple(outcomes), reason)
 
-    def _low_disk(self) -> str | None:
-        """Why this worker must not claim now (too little free space in runs_dir), or None."""
-        need = self.settings.min_free_bytes
-        free = disk.free_bytes(self.settings.runs_dir)
-        if need <= 0 or free is None or free >= need:
-            self._low_disk_said = None
+    def _claim(self, code_sha: str | None) -> ClaimedAttempt | None:
+        if self.disk.refusal() is not None:
             return None
-        why = (f"not claiming: {disk.fmt_bytes(free)} free in {self.settings.runs_dir}, below "
-               f"the {disk.fmt_bytes(need)} a worker needs ({disk.MIN_FREE_ENV}); free space there")
-        if self._low_disk_said is None:
-            logger.warning("%s", why, extra={"action": "claim_refused_low_disk", "free": free})
-        self._low_disk_said = why
-        return why
-
-    def _claim(self, code_sha: str | None) -> ClaimedAttemptLike | None:
-        if self._low_disk() is not None:
-            return None
-        return self.queue.claim(self.settings.worker_id, self.clock.now(), self.lease,
-                                code_sha=code_sha, study=self.settings.study)
+        return self.queue.claim(self.worker_id, self.clock.now(), self.lease, code_sha=code_sha,
+                                study=self.settings.study)
 
     def _nothing_left(self) -> bool:
-        snap = self._retry("snapshot", lambda: self.queue.snapshot(
-            self.clock.now(), self.settings.study))
-        if isinstance(snap, _GaveUp):
+        try:
+            snap = self._retrier.call("snapshot", lambda: self.queue.snapshot(
+                self.clock.now(), self.settings.study))
+        except GaveUp:
             return True
-        live = {AttemptState.QUEUED.value, AttemptState.CLAIMED.value,
-                AttemptState.RUNNING.value}
-        return not any(r.state in live for st in snap.studies for r in st.runs)
+        return not any(r.state in _LIVE for st in snap.studies for r in st.runs)
 
     # --- one attempt ---------------------------------------------------------------------
 
-    def run_one(self, claimed: ClaimedAttemptLike, code: prov.CodeState | None = None
+    def run_one(self, claimed: ClaimedAttempt, code: prov.CodeState | None = None
                 ) -> AttemptOutcome:
         """Run one claimed attempt to its end and record how it ended."""
         code = code or self._code_state()
-        s = self.settings
         self.current_attempt = claimed.attempt_id
-        extra = {"action": "attempt_claimed", "attempt": claimed.attempt_id}
         logger.info("claimed %s/%s seed %s attempt %s", claimed.study, claimed.step,
-                    claimed.seed, claimed.attempt_no, extra=extra)
+                    claimed.seed, claimed.attempt_no,
+                    extra=_log_extra("attempt_claimed", claimed))
         claimed_at = self.clock.monotonic()
         try:
             if claimed.previous_artifact_dir:  # before its checkpoint is looked for
-                self._stop_predecessor(Path(claimed.previous_artifact_dir))
+                stop_predecessor(Path(claimed.previous_artifact_dir), self.clock,
+                                 self.settings.kill_after_s)
             try:
-                outdir, resume_from = self._prepare_dir(claimed, code)
-            except OSError as e:
-                if disk.find_disk_full(e) is None:
-                    return self._finish_unstarted(claimed, type(e).__name__, str(e), None)
-                where = Path(e.filename) if e.filename else s.runs_dir
-                disk.remove_temp_files(where if where.is_dir() else where.parent)
-                return self._finish(claimed, None, AttemptState.FAILED, FailureKind.DISK_FULL,
-                                    None, "DiskFull", disk.describe(where), None)
-            except ArtifactDirTaken as e:
-                return self._finish_unstarted(claimed, "ArtifactDirExists", str(e), None)
-            # rows already in metrics.jsonl (resumed in place) are in the database; measured
-            # before the spawn, since a warm attempt writes its first record within a second
-            metrics_path = outdir / artifacts.METRICS
-            offset = metrics_path.stat().st_size if metrics_path.exists() else 0
+                prepared = attempt_dir.prepare(
+                    claimed, code, self.settings.runs_dir, self.settings.db_label,
+                    worker_id=self.worker_id, now=self.clock.now(), storage=self._storage)
+            except (ArtifactDirTaken, OSError) as e:
+                return self._finish_unstarted(
+                    claimed, attempt_dir.prepare_failure(e, self.settings.runs_dir), None)
+            outdir, offset = prepared.outdir, prepared.metrics_offset
             try:
-                proc = self.runner.spawn(outdir, resume_from=resume_from)
+                proc = self.runner.spawn(outdir, resume_from=prepared.resume_from)
             except OSError as e:
-                return self._finish_unstarted(claimed, type(e).__name__,
-                                              f"cannot start the attempt: {e}", outdir)
+                return self._finish_unstarted(claimed, outcome.Verdict(
+                    AttemptState.FAILED, FailureKind.SPAWN, type(e).__name__,
+                    f"cannot start the attempt: {e}"), outdir)
             return self._supervise(claimed, code, outdir, proc, claimed_at, offset)
         finally:
             self.current_attempt = None
 
-    def _prepare_dir(self, claimed: ClaimedAttemptLike, code: prov.CodeState
-                     ) -> tuple[Path, Path | None]:
-        try:
-            outdir = ids.attempt_dir(self.settings.runs_dir, study=claimed.study,
-                                     step=claimed.step, seed=claimed.seed,
-                                     config_hash=claimed.config_hash, run_id=claimed.run_id,
-                                     attempt_no=claimed.attempt_no)
-        except ValueError as e:
-            raise ArtifactDirTaken(f"no artifact path for this attempt: {e}") from None
-        info = {
-            "attempt_id": claimed.attempt_id, "attempt_no": claimed.attempt_no,
-            "run_id": claimed.run_id, "study": claimed.study, "step": claimed.step,
-            "seed": claimed.seed, "config_hash": claimed.config_hash,
-            "db": self.settings.db_label, "worker_id": self.worker_id,
-            "code_sha": code.sha, "code_dirty": code.dirty,
-            "claimed_at": self.clock.now().isoformat(),
-            "wandb_run_id": ids.wandb_run_id(
-                db_identity=self.settings.db_label, study=claimed.study, step=claimed.step,
-                seed=claimed.seed, config_hash=claimed.config_hash,
-                attempt_no=claimed.attempt_no),
-            "wandb_run_name": ids.wandb_run_name(claimed.study, claimed.step, claimed.seed,
-                                                 claimed.attempt_no),
-        }
-        resume_from: Path | None = None
-        if outdir.exists():
-            old = artifacts.read_json(outdir / ATTEMPT_INFO)
-            same = isinstance(old, dict) and all(
-                old.get(k) == info[k] for k in ("attempt_id", "run_id", "db", "config_hash"))
-            if not same:
-                owner = old.get("db") if isinstance(old, dict) else None
-                raise ArtifactDirTaken(
-                    f"artifact dir {outdir} already exists and belongs to another attempt"
-                    + (f" of database {owner}" if owner and owner != info["db"] else "")
-                    + ": this runs dir is another database's; give each database its own "
-                    "(`--runs-dir DIR`) or move that directory away")
-            # the same attempt, requeued by a clean stop: resume in place
-            for name in (artifacts.RESULT, artifacts.PROGRESS):
-                if (outdir / name).exists():
-                    os.replace(outdir / name, outdir / f"{name}.before-resume")
-            if (outdir / artifacts.CHECKPOINT).exists():
-                resume_from = outdir
-        else:
-            outdir.mkdir(parents=True)
-        if resume_from is None and claimed.previous_artifact_dir:
-            resume_from = latest_checkpoint_dir(Path(claimed.previous_artifact_dir))
-        info["resume_from"] = str(resume_from) if resume_from else None
-        artifacts.write_json_atomic(outdir / artifacts.CONFIG, claimed.config)
-        artifacts.write_json_atomic(outdir / ATTEMPT_INFO, info)
-        return outdir, resume_from
-
-    def _stop_predecessor(self, previous: Path) -> None:
-        """Before a run's next attempt starts, make sure its previous attempt's process is
-        gone on this host: an orphan of a dead worker got SIGTERM and checkpoints; one that
-        is still alive after kill_after_s is killed, so two attempts never train at once."""
-        pid = attempt_pid(previous)
-        if pid is None:
-            return
-        logger.warning("previous attempt %s still running as pid %s: stopping it", previous, pid,
-                       extra={"action": "predecessor_stopped", "pid": pid})
-        _signal_group(pid, signal.SIGTERM)
-        deadline = self.clock.monotonic() + self.settings.kill_after_s
-        while attempt_pid(previous) == pid and self.clock.monotonic() < deadline:
-            self.clock.sleep(0.1)
-        if attempt_pid(previous) == pid:
-            _signal_group(pid, signal.SIGKILL)
-            while attempt_pid(previous) == pid and self.clock.monotonic() < deadline + 10:
-                self.clock.sleep(0.1)
-
-    def _finish_unstarted(self, claimed: ClaimedAttemptLike, error_type: str, message: str,
+    def _finish_unstarted(self, claimed: ClaimedAttempt, verdict: outcome.Verdict,
                           outdir: Path | None) -> AttemptOutcome:
-        logger.warning("attempt %s could not start: %s", claimed.attempt_id, message,
-                       extra={"action": "attempt_spawn_failed", "attempt": claimed.attempt_id})
-        return self._finish(claimed, outdir, AttemptState.FAILED, FailureKind.SPAWN, None,
-                            error_type, message, None)
+        logger.warning("attempt %s could not start: %s", claimed.attempt_id, verdict.message,
+                       extra=_log_extra("attempt_spawn_failed", claimed))
+        return self._finish(claimed, outdir, verdict, None, None)
 
-    def _supervise(self, claimed: ClaimedAttemptLike, code: prov.CodeState, outdir: Path,
+    def _supervise(self, claimed: ClaimedAttempt, code: prov.CodeState, outdir: Path,
                    proc: AttemptProcess, claimed_at: float, offset: int) -> AttemptOutcome:
         s = self.settings
         p = self._provenance or prov.collect()
-        metrics_path = outdir / artifacts.METRICS
-        w = _Watch(claimed=claimed, outdir=outdir, proc=proc, lease_ok_at=claimed_at,
-                   tail=JsonlTail(metrics_path, offset),
-                   thinner=MetricThinner(s.metric_points, lambda: self._expected_records(w)))
+        fence = FencedWriter(self.clock, s.lease_s, self._backoff, claimed_at,
+                             claimed.attempt_id)
+        w = Watch(claimed=claimed, outdir=outdir, proc=proc, fence=fence,
+                   tail=JsonlTail(outdir / artifacts.METRICS, offset),
+                   thinner=MetricThinner(s.metric_points,
+                                         lambda: expected_records(claimed.config, dict(w.progress or {}) or None)),
+                   sync=CheckpointSync(self._storage, outdir, attempt_dir.storage_rel(claimed))
+                   if self._storage else None)
         env = p.env()
-        started = self._attempt_write(w, lambda: self.queue.start(
-            claimed.attempt_id, s.worker_id, self.clock.now(), self.lease,
+        started = fence.write(lambda: self.queue.start(
+            claimed.attempt_id, s.worker_id, self.clock.now(), self.lease, env=env,
             artifact_dir=str(outdir), code_sha=code.sha, code_dirty=code.dirty,
-            diff_hash=code.diff_hash, host=p.host, gpu=p.gpu, pid=proc.pid, env=env),
-            retry_until_fenced=True)
-        if started is _LOST:
+            diff_hash=code.diff_hash, host=p.host, gpu=p.gpu, pid=proc.pid), until_fenced=True)
+        if started is Write.LOST:
             return self._fenced(w, "lease lost before the attempt started")
         spawned = self.clock.monotonic()
         budget = claimed.budget_seconds
@@ -469,318 +213,131 @@ class WorkerLoop:
         while True:
             rc = proc.poll()
             now = self.clock.monotonic()
-            if self._pump_metrics(w, now) is _LOST:
+            if self._pump_metrics(w, now) is Write.LOST:
                 return self._fenced(w, "lease lost while recording metrics")
             if rc is not None:
                 break
             if now >= w.next_heartbeat:
-                w.progress = self._read_progress(outdir) or w.progress
-                if self._heartbeat(w, now, beat) is _LOST:
+                self._sync_checkpoint(w)
+                w.progress = attempt_dir.read_progress(outdir) or w.progress
+                if self._heartbeat(w, now, beat) is Write.LOST:
                     return self._fenced(w, "lease lost (heartbeat fenced out)")
-            if now - w.lease_ok_at >= s.lease_s * 5 / 6:
+            if fence.expired:
                 return self._fenced(w, "database unreachable until the lease expired")
             if term_at is None:
                 if self.stopping:
-                    why, term_at = "stop", now
+                    why, term_at = outcome.STOP, now
                     proc.terminate()
                 elif deadline is not None and now >= deadline:
-                    why, term_at = "timeout", now
-                    logger.warning("attempt %s past budget %.0fs + grace %.0fs: terminating",
-                                   claimed.attempt_id, budget or 0.0, s.grace_s,
-                                   extra={"action": "attempt_timeout",
-                                          "attempt": claimed.attempt_id})
+                    why, term_at = outcome.TIMEOUT, now
+                    logger.warning("attempt %s past budget + grace: terminating", claimed.attempt_id,
+                                   extra=_log_extra("attempt_timeout", claimed, grace=s.grace_s))
                     proc.terminate()
             elif now - term_at >= s.kill_after_s:
                 proc.kill()
             self.clock.sleep(s.poll_s, None if term_at is not None else self._stop)
         w.pending.extend(w.thinner.flush())
-        if self._pump_metrics(w, self.clock.monotonic(), final=True) is _LOST:
+        self._sync_checkpoint(w, final=True)
+        if self._pump_metrics(w, self.clock.monotonic(), final=True) is Write.LOST:
             return self._fenced(w, "lease lost while recording the last metrics", killed=False)
         return self._conclude(w, rc, why, budget)
 
-    def _conclude(self, w: _Watch, rc: int, why: str | None, budget: float | None
+    def _conclude(self, w: Watch, rc: int, why: str | None, budget: float | None
                   ) -> AttemptOutcome:
-        s = self.settings
-        claimed = w.claimed
         result = artifacts.read_result(w.outdir)
-        status = result["status"] if result else None
-        if status == artifacts.STATUS_SUCCEEDED and rc == artifacts.EXIT_OK:
-            return self._finish(claimed, w.outdir, AttemptState.SUCCEEDED, None, rc, None, None,
-                                result, w)
-        if result and status in _STATUS_KIND:
-            kind = _STATUS_KIND[str(status)]
-            etype = result.get("error_type") or str(status)
-            emsg = result.get("error_message") or f"the trainer reported {status}"
-            return self._finish(claimed, w.outdir, AttemptState.FAILED, kind, rc, str(etype),
-                                str(emsg), result, w)
-        if why == "timeout":
-            msg = (f"no result after budget {budget or 0:.0f}s + grace {s.grace_s:.0f}s: "
-                   f"terminated (exit {rc})")
-            return self._finish(claimed, w.outdir, AttemptState.TIMED_OUT, None, rc,
-                                "Timeout", msg, result, w)
-        if (why == "stop" or rc == artifacts.EXIT_INTERRUPTED
-                or status == artifacts.STATUS_INTERRUPTED):
-            done = self._attempt_write(w, lambda: self.queue.requeue(
-                claimed.attempt_id, s.worker_id, self.clock.now()), retry_until_fenced=True)
-            state = AttemptState.QUEUED.value if done is not _LOST else AttemptState.LOST.value
-            logger.info("attempt %s stopped (exit %s): back to queued", claimed.attempt_id, rc,
-                        extra={"action": "attempt_requeued", "attempt": claimed.attempt_id})
-            return self._outcome(claimed, state, None, rc, "stopped by the worker", w.outdir)
-        if rc == artifacts.EXIT_DISK_FULL or disk.free_bytes(w.outdir) == 0:
-            disk.remove_temp_files(w.outdir)
-            return self._finish(claimed, w.outdir, AttemptState.FAILED, FailureKind.DISK_FULL,
-                                rc, "DiskFull", disk.describe(w.outdir), result, w)
-        if rc < 0:
-            how = f"killed by {_signal_name(rc)}"
-            if rc == -9:
-                how += " (out of host memory?)"
-        else:
-            how = f"exited {rc}"
-        last = _log_tail(w.outdir / artifacts.LOG)
-        msg = f"process {how} without result.json" + (f"; last log line: {last}" if last else "")
-        return self._finish(claimed, w.outdir, AttemptState.FAILED, FailureKind.CRASHED, rc,
-                            "Crashed", msg[:2000], result, w)
+        verdict = outcome.classify(outcome.Facts(
+            result=dict(result) if result is not None else None, rc=rc, why=why,
+            budget_s=budget, grace_s=self.settings.grace_s,
+            log_tail=attempt_dir.log_tail(w.outdir),
+            disk_full=attempt_dir.disk_full(w.outdir, rc)))
+        if not verdict.requeue:
+            return self._finish(w.claimed, w.outdir, verdict, rc, result, w)
+        claimed = w.claimed
+        reason = "stopped" if why == outcome.STOP else "preempted"  # signalled directly
+        done = w.fence.write(lambda: self.queue.requeue(
+            claimed.attempt_id, self.worker_id, self.clock.now(), reason=reason),
+            until_fenced=True)
+        state = AttemptState.QUEUED if done is not Write.LOST else AttemptState.LOST
+        logger.info("attempt %s stopped (exit %s): back to queued", claimed.attempt_id, rc,
+                    extra=_log_extra("attempt_requeued", claimed))
+        return AttemptOutcome.of(claimed, state.value, None, rc, verdict.message, w.outdir)
 
-    def _finish(self, claimed: ClaimedAttemptLike, outdir: Path | None, state: AttemptState,
-                kind: FailureKind | None, rc: int | None, error_type: str | None,
-                message: str | None, result: artifacts.Result | None,
-                w: _Watch | None = None) -> AttemptOutcome:
+    def _finish(self, claimed: ClaimedAttempt, outdir: Path | None, verdict: outcome.Verdict,
+                rc: int | None, result: artifacts.Result | None,
+                w: Watch | None = None) -> AttemptOutcome:
+        kind = verdict.kind
+
         def write() -> None:
-            self.queue.finish(claimed.attempt_id, self.settings.worker_id, self.clock.now(),
-                              state, failure_kind=kind, exit_code=rc, error_type=error_type,
-                              error_message=message,
+            self.queue.finish(claimed.attempt_id, self.worker_id, self.clock.now(),
+                              verdict.state, failure_kind=kind, exit_code=rc,
+                              error_type=verdict.error_type, error_message=verdict.message,
                               result=dict(result) if result is not None else None)
 
         if w is not None:
-            done = self._attempt_write(w, write, retry_until_fenced=True)
+            ok = w.fence.write(write, until_fenced=True) is not Write.LOST
         else:
-            done = self._retry("finish", write, fence=True)
-        final = state.value if done not in (_LOST, _GAVE_UP) else AttemptState.LOST.value
+            try:
+                self._retrier.call("finish", write, fence=True, while_stopping=True)
+                ok = True
+            except GaveUp:
+                ok = False
+        final = verdict.state.value if ok else AttemptState.LOST.value
         logger.info("attempt %s %s%s", claimed.attempt_id, final,
-                    f" ({kind.value}: {message})" if kind else "",
-                    extra={"action": "attempt_finished", "attempt": claimed.attempt_id})
-        return self._outcome(claimed, final, kind.value if kind else None, rc,
-                             f"{error_type}: {message}" if error_type else message, outdir)
+                    f" ({kind.value}: {verdict.message})" if kind else "",
+                    extra=_log_extra("attempt_finished", claimed))
+        error = f"{verdict.error_type}: {verdict.message}" if verdict.error_type else None
+        return AttemptOutcome.of(claimed, final, kind.value if kind else None, rc,
+                                 error or verdict.message, outdir)
 
-    def _outcome(self, claimed: ClaimedAttemptLike, state: str, kind: str | None,
-                 rc: int | None, error: str | None, outdir: Path | None) -> AttemptOutcome:
-        return AttemptOutcome(
-            attempt_id=claimed.attempt_id, study=claimed.study, step=claimed.step,
-            seed=claimed.seed, attempt_no=claimed.attempt_no, state=state,
-            failure_kind=kind, exit_code=rc, error=error,
-            artifact_dir=str(outdir) if outdir else None)
-
-    def _fenced(self, w: _Watch, why: str, *, killed: bool = True) -> AttemptOutcome:
+    def _fenced(self, w: Watch, why: str, *, killed: bool = True) -> AttemptOutcome:
         if killed:
             w.proc.kill()
         logger.warning("attempt %s: %s: process group killed", w.claimed.attempt_id, why,
-                       extra={"action": "attempt_fenced", "attempt": w.claimed.attempt_id})
-        return self._outcome(w.claimed, AttemptState.LOST.value, None, w.proc.poll(), why,
+                       extra=_log_extra("attempt_fenced", w.claimed))
+        return AttemptOutcome.of(w.claimed, AttemptState.LOST.value, None, w.proc.poll(), why,
                              w.outdir)
 
     # --- files -> database ---------------------------------------------------------------
 
-    def _read_progress(self, outdir: Path) -> artifacts.Progress | None:
-        return artifacts.read_progress(outdir)
+    def _sync_checkpoint(self, w: Watch, *, final: bool = False) -> None:
+        """Copy a new checkpoint to storage and record where it is, fenced."""
+        if w.sync is not None:
+            w.sync.step(lambda uri, it: w.fence.write(functools.partial(
+                self.queue.record_checkpoint, w.claimed.attempt_id, self.worker_id,
+                self.clock.now(), uri=uri, iteration=it), until_fenced=final) is Write.OK,
+                final=final)
 
-    def _expected_records(self, w: _Watch) -> float | None:
-        train = w.claimed.config.get("train", {}) if isinstance(w.claimed.config, dict) else {}
-        log_every = train.get("log_every") or 10
-        budget = train.get("budget") or {}
-        iters = budget.get("iters") if isinstance(budget, dict) else None
-        if not iters and w.progress:
-            it, frac = w.progress.get("iter"), w.progress.get("fraction")
-            if isinstance(it, int | float) and isinstance(frac, int | float) and frac >= 0.05:
-                iters = it / frac
-        if not iters:
-            iters = train.get("max_iters")
-        if not isinstance(iters, int | float) or not math.isfinite(iters) or iters <= 0:
-            return None
-        return float(iters) / float(log_every)
-
-    def _heartbeat(self, w: _Watch, now: float, beat: float) -> object:
+    def _heartbeat(self, w: Watch, now: float, beat: float) -> Write:
         s = self.settings
         progress = dict(w.progress) if w.progress is not None else None
-        done = self._attempt_write(w, lambda: self.queue.heartbeat(
+        done = w.fence.write(lambda: self.queue.heartbeat(
             w.claimed.attempt_id, s.worker_id, self.clock.now(), self.lease, progress))
-        if done is _LOST:
-            return _LOST
-        if done is _OUTAGE:
-            w.next_heartbeat = now + self._backoff(w.failures)
-        else:
+        if done is Write.OUTAGE:
+            w.next_heartbeat = now + w.fence.next_wait()
+        elif done is Write.OK:
             w.next_heartbeat = now + beat
-            self._best_effort(lambda: self.queue.worker_heartbeat(
+            self._retrier.best_effort(lambda: self.queue.worker_heartbeat(
                 s.worker_id, self.clock.now(), w.claimed.attempt_id))
         return done
 
-    def _pump_metrics(self, w: _Watch, now: float, *, final: bool = False) -> object:
+    def _pump_metrics(self, w: Watch, now: float, *, final: bool = False) -> Write | None:
         for record in w.tail.read():
             w.pending.extend(w.thinner.rows(record))
         if not w.pending or (now < w.next_metrics and not final):
             return None
         rows = list(w.pending)
-        attempts = 0
+        tries = 0
         while True:
-            done = self._attempt_write(w, lambda: self.queue.record_metrics(
-                w.claimed.attempt_id, self.settings.worker_id, rows))
-            if done is _LOST:
-                return _LOST
-            if done is not _OUTAGE:
-                del w.pending[: len(rows)]
+            done = w.fence.write(lambda: self.queue.record_metrics(
+                w.claimed.attempt_id, self.worker_id, rows))
+            if done is not Write.OUTAGE:
+                if done is Write.OK:
+                    del w.pending[: len(rows)]
                 return done
-            attempts += 1
-            w.next_metrics = now + self._backoff(w.failures)
-            if not final or attempts > 50:
-                return _OUTAGE
-            self.clock.sleep(self._backoff(w.failures))
-            if self.clock.monotonic() - w.lease_ok_at >= self.settings.lease_s * 5 / 6:
-                return _LOST
-
-    def _attempt_write(self, w: _Watch, fn: Callable[[], T], *,
-                       retry_until_fenced: bool = False) -> T | object:
-        """One fenced write for the running attempt: LeaseLost/StaleTransition -> _LOST,
-        an outage -> _OUTAGE (or retried until the lease must have expired)."""
-        while True:
-            before = self.clock.monotonic()
-            try:
-                out = fn()
-            except (LeaseLost, StaleTransition) as e:
-                logger.warning("attempt %s: %s", w.claimed.attempt_id, e,
-                               extra={"action": "lease_lost", "attempt": w.claimed.attempt_id})
-                return _LOST
-            except Exception as e:  # noqa: BLE001 - an outage must never end the worker
-                if not _is_outage(e):
-                    raise
-                w.failures += 1
-                logger.warning("database unavailable (%s): retrying", e,
-                               extra={"action": "db_outage", "attempt": w.claimed.attempt_id})
-                if not retry_until_fenced:
-                    return _OUTAGE
-                if self.clock.monotonic() - w.lease_ok_at >= self.settings.lease_s * 5 / 6:
-                    return _LOST
-                self.clock.sleep(self._backoff(w.failures))
-                continue
-            w.failures = 0
-            w.lease_ok_at = max(w.lease_ok_at, before)
-            return out
-
-    # --- retries outside an attempt ------------------------------------------------------
-
-    def _backoff(self, failures: int) -> float:
-        s = self.settings
-        return float(min(s.backoff_max_s, s.backoff_s * (2 ** max(0, min(failures, 16) - 1))))
-
-    def _retry(self, what: str, fn: Callable[[], T], *, fence: bool = False) -> T | _GaveUp:
-        """Call `fn` until it works; outages back off. Stops retrying when the loop is
-        stopped (or, with `fence`, after about one lease: the attempt is lost by then)."""
-        failures = 0
-        first = self.clock.monotonic()
-        while True:
-            try:
-                return fn()
-            except (LeaseLost, StaleTransition):
-                if fence:
-                    return _GAVE_UP
-                raise
-            except Exception as e:  # noqa: BLE001 - an outage must never end the worker
-                if not _is_outage(e):
-                    raise
-                failures += 1
-                logger.warning("database unavailable during %s (%s): retry %d", what, e,
-                               failures, extra={"action": "db_outage"})
-            if self.stopping and what != "finish":
-                return _GAVE_UP
-            if fence and self.clock.monotonic() - first >= self.settings.lease_s:
-                return _GAVE_UP
-            self.clock.sleep(self._backoff(failures), self._stop)
-
-    def _best_effort(self, fn: Callable[[], object]) -> None:
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 - bookkeeping only
-            if not _is_outage(e) and not isinstance(e, QueueError):
-                raise
-            logger.debug("best-effort write failed: %s", e)
-
-
-class _GaveUp:
-    def __repr__(self) -> str:
-        return "<gave up>"
-
-
-class _Marker:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<{self.name}>"
-
-
-_GAVE_UP = _GaveUp()
-_LOST: object = _Marker("lost")
-_OUTAGE: object = _Marker("outage")
-
-_STATUS_KIND: dict[str, FailureKind] = {
-    artifacts.STATUS_FAILED: FailureKind.EXCEPTION,
-    artifacts.STATUS_DIVERGED: FailureKind.DIVERGED,
-    artifacts.STATUS_OOM: FailureKind.OOM,
-    artifacts.STATUS_DISK_FULL: FailureKind.DISK_FULL,
-}
-
-
-def attempt_pid(outdir: Path) -> int | None:
-    """The pid of a live attempt process of OUTDIR on this host: the pid the trainer writes
-    into progress.json, if that process writes its stdout to OUTDIR/stdout.log (a fresh or a
-    warm spare interpreter) or runs `workers.run_attempt CONFIG OUTDIR`."""
-    info = artifacts.read_progress(outdir)
-    pid = info.get("pid") if info else None
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                return None
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except (OSError, IndexError):
-        return None
-    try:
-        if os.readlink(f"/proc/{pid}/fd/1") == os.path.realpath(outdir / artifacts.LOG):
-            return pid
-    except OSError:
-        pass
-    module = RUN_ATTEMPT[-1]
-    i = argv.index(module) if module in argv else -1
-    return pid if i >= 0 and len(argv) > i + 2 and argv[i + 2] == str(outdir) else None
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def latest_checkpoint_dir(previous: Path, *, hops: int = 100) -> Path | None:
-    """`previous` if it holds a checkpoint, else the attempt dir it resumed from (its
-    attempt.json), and so on: an attempt killed before it copied its predecessor's
-    checkpoint does not make the next one start from scratch."""
-    seen: set[Path] = set()
-    current: Path | None = previous
-    while current is not None and current not in seen and len(seen) < hops:
-        if (current / artifacts.CHECKPOINT).exists() or (current / artifacts.PREVIOUS_CHECKPOINT).exists():
-            return current
-        seen.add(current)
-        info = artifacts.read_json(current / ATTEMPT_INFO)
-        nxt = info.get("resume_from") if isinstance(info, dict) else None
-        current = Path(nxt) if isinstance(nxt, str) and nxt else None
-    return None
-
-
-def default_worker_id(slot: str) -> str:
-    """`host:slot-pid`, unique among the live workers of one database."""
-    return f"{socket.gethostname()}:{slot}-{os.getpid()}"
-
+            tries += 1
+            w.next_metrics = now + w.fence.next_wait()
+            if not final or tries > 50:
+                return Write.OUTAGE
+            self.clock.sleep(w.fence.next_wait())
+            if w.fence.expired:
+                return Write.LOST

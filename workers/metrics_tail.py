@@ -104,3 +104,21 @@ class MetricThinner:
         out = list(self._held.values())
         self._held.clear()
         return out
+
+
+def expected_records(config: Any, progress: dict[str, Any] | None) -> float | None:
+    """How many log records the attempt will write: its iteration budget (or, for a time
+    budget, the pace so far in progress.json, or max_iters) over log_every; None if unknown."""
+    train = config.get("train", {}) if isinstance(config, dict) else {}
+    log_every = train.get("log_every") or 10
+    budget = train.get("budget") or {}
+    iters = budget.get("iters") if isinstance(budget, dict) else None
+    if not iters and progress:
+        it, frac = progress.get("iter"), progress.get("fraction")
+        if isinstance(it, int | float) and isinstance(frac, int | float) and frac >= 0.05:
+            iters = it / frac
+    if not iters:
+        iters = train.get("max_iters")
+    if not isinstance(iters, int | float) or not math.isfinite(iters) or iters <= 0:
+        return None
+    return float(iters) / float(log_every)

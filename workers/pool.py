@@ -1,5 +1,11 @@
 """A pool of worker actors: one per GPU, or N CPU workers; `ray.wait` on their `run()`.
 
+On a cluster (`address`) each box runs its own pool: the actors are pinned to the driver's
+own Ray node (NodeAffinitySchedulingStrategy, hard), only that node's GPUs and CPUs are
+planned, and the actors get the box's own cwd, runs dir and data dir. So boxes join and
+leave independently: a box's death takes only its own attempts, which the queue reaps as
+`lost` and another box resumes (docs/cluster.md).
+
 Local Ray is started in-process and kept quiet and small: no dashboard, token auth off,
 usage stats off, an 80 MB object store, worker logs not forwarded to the driver's stdout,
 and its session files in a fresh directory under the system temp dir that `shutdown()`
@@ -59,6 +65,10 @@ class PoolConfig:
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for the workers and their attempts (e.g. RECIP_DATA_DIR)."""
     db_label: str = ""
+    node_id: str | None = None
+    """On a cluster: the Ray node the actors are pinned to (hex id); None = the driver's."""
+    storage: str | None = None
+    """Where attempts persist checkpoints and final artifacts (workers/storage.py)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,8 @@ class WorkerPool:
         self._local = config.address is None
         self._stopping = False
         self._restore_env: dict[str, str | None] = {}
+        self.node_id: str | None = None
+        """The Ray node this pool's actors run on (set by `start()` on a cluster)."""
 
     # --- start -------------------------------------------------------------------------
 
@@ -168,31 +180,48 @@ class WorkerPool:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, wanted))
         return slots, init
 
+    def _node_resources(self, ray: Any) -> tuple[dict[str, float], dict[str, float]]:
+        """(total, free) resources of this pool's own Ray node."""
+        from ray._private import state
+
+        node = self.node_id
+        alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+        if node not in alive:
+            raise WorkerError(f"Ray node {node} is not a live node of the cluster at "
+                              f"{self.config.address} (live: {', '.join(sorted(alive)) or 'none'})")
+        total = dict(alive[node].get("Resources", {}))
+        try:
+            free = dict(state.available_resources_per_node().get(node, {}))  # type: ignore[no-untyped-call]
+        except Exception:  # noqa: BLE001 - a private API; the node's total is a fair bound
+            free = dict(total)
+        return total, free
+
     def _plan_cluster(self, ray: Any) -> list[Slot]:
+        """Slots on this box's own node only: boxes plan their GPUs independently."""
         c = self.config
-        total = ray.cluster_resources()
-        free = ray.available_resources()
-        n_gpu_cluster = int(total.get("GPU", 0))
+        total, free = self._node_resources(ray)
+        n_gpu_node = int(total.get("GPU", 0))
         n_gpu_free = int(free.get("GPU", 0))
+        where = f"this box's Ray node ({self.node_id})"
         slots: list[Slot] = []
         if c.gpus is not None:
             picked = _parse_gpus(c.gpus)
             n = n_gpu_free if picked is None else len(picked)
             if picked is None and n == 0:
-                raise WorkerError(f"--gpus all: the Ray cluster at {c.address} has no free GPU "
-                                  f"({n_gpu_cluster} in all); use --cpu-workers N")
+                raise WorkerError(f"--gpus all: {where} has no free GPU ({n_gpu_node} in all); "
+                                  "use --cpu-workers N")
             if n > n_gpu_free:
                 raise WorkerError(
-                    f"--gpus {c.gpus}: asked for {n} GPU(s) but the Ray cluster at {c.address} "
-                    f"has {n_gpu_free} free ({n_gpu_cluster} in all); ask for fewer")
+                    f"--gpus {c.gpus}: asked for {n} GPU(s) but {where} has {n_gpu_free} "
+                    f"free ({n_gpu_node} in all); ask for fewer")
             slots = [Slot(f"gpu{i}", True, 1.0) for i in range(n)]
         elif not c.cpu_workers and n_gpu_free:
             slots = [Slot(f"gpu{i}", True, 1.0) for i in range(n_gpu_free)]
         n_cpu = c.cpu_workers if c.cpu_workers else (0 if slots else 1)
         free_cpu = float(free.get("CPU", 0.0)) - len(slots)
         if n_cpu and free_cpu < n_cpu:
-            raise WorkerError(f"--cpu-workers {n_cpu}: the Ray cluster at {c.address} has "
-                              f"{max(0.0, free_cpu):.0f} free CPUs; ask for fewer")
+            raise WorkerError(f"--cpu-workers {n_cpu}: {where} has {max(0.0, free_cpu):.0f} "
+                              "free CPUs; ask for fewer")
         slots += [Slot(f"cpu{i}", False, 1.0) for i in range(n_cpu)]
         return slots
 
@@ -225,6 +254,7 @@ class WorkerPool:
                 except (ConnectionError, RuntimeError, ValueError) as e:
                     raise WorkerError(f"--address {c.address}: cannot join the Ray cluster: "
                                       f"{e}") from e
+                self.node_id = c.node_id or ray.get_runtime_context().get_node_id()
                 slots = self._plan_cluster(ray)
         except BaseException:
             self.shutdown()
@@ -241,7 +271,8 @@ class WorkerPool:
             worker_id=slot.name, runs_dir=c.runs_dir.resolve(), lease_s=c.lease_s,
             poll_s=c.poll_s, idle_poll_s=c.idle_poll_s, grace_s=c.grace_s,
             kill_after_s=c.kill_after_s, max_attempts=c.max_attempts,
-            until_empty=c.until_empty, study=c.study, db_label=c.db_label)
+            until_empty=c.until_empty, study=c.study, db_label=c.db_label,
+            storage=c.storage)
         spec = ActorSpec(db_url=c.db_url, settings=settings, slot=slot.name, cwd=os.getcwd(),
                          runner_command=c.runner_command,
                          env=tuple(sorted(slot_env(slot, c.env).items())))
@@ -249,6 +280,11 @@ class WorkerPool:
         opts: dict[str, Any] = {}
         if not slot.gpu:
             opts["num_cpus"] = slot.num_cpus
+        if self.node_id is not None:  # this box's node, never another's (hard affinity)
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                self.node_id, soft=False, _fail_on_unavailable=True)
         actor: Any = cls.options(**opts).remote(spec)
         return _Member(slot=slot, actor=actor, ref=actor.run.remote(), restarts=restarts)
 

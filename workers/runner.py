@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import logging
 import os
 import select
 import signal
@@ -22,9 +23,16 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+import psutil
 
 from workers.train import artifacts
+
+if TYPE_CHECKING:
+    from workers.clock import Clock
+
+logger = logging.getLogger(__name__)
 
 RUN_ATTEMPT: tuple[str, ...] = ("-m", "workers.run_attempt")
 
@@ -211,3 +219,62 @@ def _uses_wandb(config: Path) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return mode in ("offline", "online")
+
+
+# --- the processes of attempts this worker did not start ---------------------------------
+
+
+def attempt_pid(outdir: Path) -> int | None:
+    """The pid of a live attempt process of OUTDIR on this host: the pid the trainer writes
+    into progress.json, if that process writes its stdout to OUTDIR/stdout.log (a fresh or a
+    warm spare interpreter) or runs `workers.run_attempt CONFIG OUTDIR`."""
+    info = artifacts.read_json(outdir / artifacts.PROGRESS)
+    pid = info.get("pid") if isinstance(info, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        argv = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    try:  # fd 1: psutil lists regular files only for writable fds it can see
+        log = os.path.realpath(outdir / artifacts.LOG)
+        if any(f.fd == 1 and f.path == log for f in proc.open_files()):
+            return pid
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+    module = RUN_ATTEMPT[-1]
+    i = argv.index(module) if module in argv else -1
+    return pid if i >= 0 and len(argv) > i + 2 and argv[i + 2] == str(outdir) else None
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send `sig` to `pid`'s process group (or to `pid` alone when it leads none)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def stop_predecessor(previous: Path, clock: Clock, kill_after_s: float) -> None:
+    """Before a run's next attempt starts, make sure its previous attempt's process is gone
+    on this host: an orphan of a dead worker got SIGTERM and checkpoints; one that is still
+    alive after `kill_after_s` is killed, so two attempts never train at once."""
+    pid = attempt_pid(previous)
+    if pid is None:
+        return
+    logger.warning("previous attempt %s still running as pid %s: stopping it", previous, pid,
+                   extra={"action": "predecessor_stopped", "pid": pid})
+    signal_group(pid, signal.SIGTERM)
+    deadline = clock.monotonic() + kill_after_s
+    while attempt_pid(previous) == pid and clock.monotonic() < deadline:
+        clock.sleep(0.1)
+    if attempt_pid(previous) == pid:
+        signal_group(pid, signal.SIGKILL)
+        while attempt_pid(previous) == pid and clock.monotonic() < deadline + 10:
+            clock.sleep(0.1)

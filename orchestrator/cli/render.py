@@ -405,6 +405,12 @@ def render_status(snapshot: Snapshot, *, now: datetime | None = None) -> Rendera
     workers = render_workers(snapshot.workers, now=now, names=attempt_names(snapshot))
     if workers is not None:
         parts.extend([Text(""), workers])
+    from orchestrator.core import unclaimed  # issue 16: why queued work waits
+
+    notes = unclaimed.quarantined(snapshot) + unclaimed.reasons(snapshot, now)
+    if notes:
+        parts.append(Text(""))
+        parts.extend(Text(line, style="yellow") for line in notes)
     return Group(*parts)
 
 

@@ -1,4 +1,5 @@
-"""`recip workers up | ls | down`: run a pool of workers in the foreground, list, stop them.
+"""`recip workers up | ls | down | release`: run a pool of workers in the foreground, list,
+stop them, and let quarantined ones claim again.
 
 `up` writes a pidfile `<runs-dir>/.workers/<pid>.json` while it runs; `down` sends SIGTERM
 to every live `up` (and `recip run`) listed there, which asks each worker to stop cleanly:
@@ -52,6 +53,13 @@ RunsDirOption = Annotated[Path, typer.Option(
     "--runs-dir", help="Where attempt directories go (runs/<study>/<step>/seed<k>/attempt<n>).")]
 LeaseOption = Annotated[float, typer.Option(
     "--lease", help="Lease in seconds; workers heartbeat every third of it.", min=1.0)]
+StorageOption = Annotated[str | None, typer.Option(
+    "--storage", envvar="RECIP_STORAGE", help="Checkpoint storage every box can read: a "
+    "shared path or an fsspec URI like s3://bucket/recip (default: the runs dir only).",
+    show_default=False)]
+NodeOption = Annotated[str | None, typer.Option(
+    "--node", help="With --address: the Ray node id to run this box's workers on (default: "
+    "the node this command runs on).", show_default=False)]
 GraceOption = Annotated[float, typer.Option(
     "--grace", help="Seconds an attempt may run past its time budget before it is timed_out.",
     min=0.0)]
@@ -96,16 +104,14 @@ def pidfile(runs_dir: Path, db: str, what: str) -> Iterator[Path]:
 
 
 def _alive(pid: int) -> bool:
+    """True while `pid` is a live (not zombie) process on this host."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
+    except psutil.AccessDenied:
         return True
 
 
@@ -207,7 +213,8 @@ def drive(pool: WorkerPool, repo: QueueRepo, *,
 
 def pool_config(*, db: str, runs_dir: Path, gpus: str | None, cpu_workers: int | None,
                 address: str | None, until_empty: bool, study: str | None, lease: float,
-                grace: float) -> PoolConfig:
+                grace: float, storage: str | None = None,
+                node_id: str | None = None) -> PoolConfig:
     from workers.pool import PoolConfig
     from workers.train import disk
 
@@ -224,9 +231,13 @@ def pool_config(*, db: str, runs_dir: Path, gpus: str | None, cpu_workers: int |
         env["RECIP_DATA_DIR"] = str(Path(os.environ["RECIP_DATA_DIR"]).resolve())
     else:
         env["RECIP_DATA_DIR"] = str(Path("data").resolve())
+    storage = storage or os.environ.get("RECIP_STORAGE") or None
+    if storage is not None and "://" not in storage:
+        storage = str(Path(storage).resolve())
     return PoolConfig(db_url=db, runs_dir=runs_dir.resolve(), gpus=gpus, cpu_workers=cpu_workers,
                       address=address, until_empty=until_empty, study=study, lease_s=lease,
-                      grace_s=grace, env=env, db_label=redact_url(db))
+                      grace_s=grace, env=env, db_label=redact_url(db), storage=storage,
+                      node_id=node_id)
 
 
 @app.command("up")
@@ -240,21 +251,26 @@ def up(
         "--until-empty", help="Exit once nothing is queued or running.")] = False,
     lease: LeaseOption = 30.0,
     grace: GraceOption = 120.0,
+    storage: StorageOption = None,
+    node: NodeOption = None,
     interval: Annotated[float, typer.Option(hidden=True)] = 2.0,
 ) -> None:
-    """Start workers (one per GPU, or N CPU workers) that run queued attempts; foreground."""
+    """Start workers (one per GPU, or N CPU workers) that run queued attempts; foreground.
+
+    With --address each box runs its own `workers up`: its workers stay on its own Ray
+    node and use its own checkout, runs dir and data (docs/cluster.md)."""
     from orchestrator.cli.render_workers import render_pool
     from workers.pool import WorkerPool
 
     url = absolute_db_url(db_url(db))
     config = pool_config(db=url, runs_dir=runs_dir, gpus=gpus, cpu_workers=cpu_workers,
                          address=address, until_empty=until_empty, study=None, lease=lease,
-                         grace=grace)
+                         grace=grace, storage=storage, node_id=node)
     with open_repo(url) as repo, pidfile(config.runs_dir, url, "workers up"):
         pool = WorkerPool(config)
         try:
             slots = pool.start()
-            where = f"Ray at {address}" if address else "local Ray"
+            where = f"Ray node {pool.node_id} at {address}" if address else "local Ray"
             noun = "worker" if len(slots) == 1 else "workers"
             title = (f"{len(slots)} {noun} ({', '.join(s.name for s in slots)}) on {where}; "
                      f"{redact_url(url)}; runs in {config.runs_dir}")
@@ -283,7 +299,8 @@ def ls(
     if json_out:
         emit_json([{"id": w.id, "host": w.host, "gpu": w.gpu, "pid": w.pid,
                     "started_at": w.started_at, "last_heartbeat": w.last_heartbeat,
-                    "stopped_at": w.stopped_at, "current_attempt": w.current_attempt}
+                    "stopped_at": w.stopped_at, "current_attempt": w.current_attempt,
+                    "quarantined": w.quarantined}
                    for w in workers])
         return
     if not workers:
@@ -295,6 +312,34 @@ def ls(
 
     render.print_renderable(render_worker_table(workers, now=snap.taken_at,
                                                 include_stopped=all_))
+    from orchestrator.core.unclaimed import quarantined
+
+    for line in quarantined(snap):
+        say(line)
+
+
+@app.command("release")
+def release(
+    worker: Annotated[str | None, typer.Argument(
+        help="A worker id, or its host:slot (every restart of that slot).",
+        show_default=False)] = None,
+    host: Annotated[str | None, typer.Option(
+        "--host", help="Release every quarantined worker of this host.",
+        show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Release every quarantined worker.")
+                    ] = False,
+    db: DbOption = None,
+) -> None:
+    """Let quarantined workers claim attempts again (after fixing or checking the box)."""
+    if worker is None and host is None and not all_:
+        raise WorkerError("recip workers release: name a WORKER, --host HOST or --all "
+                          "(quarantined workers are listed by `recip workers ls`)")
+    with open_repo(db_url(db)) as repo:
+        released = repo.release_workers(datetime.now(UTC), worker=worker, host=host)
+    if not released:
+        what = worker or (f"host {host}" if host else "any worker")
+        raise WorkerError(f"no quarantined worker matches {what}; see `recip workers ls --all`")
+    say(f"released {len(released)} worker(s): {', '.join(released)}")
 
 
 @app.command("down")

@@ -50,6 +50,8 @@ class StudyView:
     counts: dict[str, int]
     """Runs by the state of their latest attempt."""
     runs: tuple[RunView, ...] = ()
+    pinned_sha: str | None = None
+    """The commit a `code: pinned` study runs only on (None: any commit)."""
 
     @property
     def done(self) -> bool:
@@ -66,6 +68,10 @@ class WorkerView:
     last_heartbeat: datetime | None
     stopped_at: datetime | None
     current_attempt: int | None = None
+    quarantined: str | None = None
+    """Why the worker stopped claiming (k same failures in a row), until released."""
+    code_sha: str | None = None
+    """The commit of the worker's checkout (as of its last idle heartbeat)."""
 
 
 @dataclass(frozen=True)

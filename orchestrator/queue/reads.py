@@ -57,8 +57,8 @@ def _error(error_type: str | None, message: str | None) -> str | None:
 def snapshot(conn: Connection, now: datetime, label: str, study: str | None) -> Snapshot:
     """Build the dashboard Snapshot (the caller checked that `study` exists)."""
     studies_q = sa.select(StudyRow.id, StudyRow.name, StudyRow.description,
-                          StudyRow.created_at, StudyRow.spec_json).order_by(StudyRow.created_at,
-                                                                            StudyRow.id)
+                          StudyRow.created_at, StudyRow.spec_json, StudyRow.code_policy,
+                          StudyRow.pinned_sha).order_by(StudyRow.created_at, StudyRow.id)
     runs_q = (sa.select(RunRow.id, RunRow.study_id, RunRow.step_key, RunRow.seed,
                         RunRow.config_hash, RunRow.budget_seconds)
               .where(RunRow.superseded_at.is_(None)))
@@ -123,7 +123,8 @@ def snapshot(conn: Connection, now: datetime, label: str, study: str | None) -> 
             key = v.state or "none"
             tally[key] = tally.get(key, 0) + 1
         views.append(StudyView(name=s.name, description=s.description, created_at=s.created_at,
-                               counts=tally, runs=tuple(rows)))
+                               counts=tally, runs=tuple(rows),
+                               pinned_sha=s.pinned_sha if s.code_policy == "pinned" else None))
 
     workers = conn.execute(
         sa.select(WorkerRow.__table__)
@@ -134,7 +135,10 @@ def snapshot(conn: Connection, now: datetime, label: str, study: str | None) -> 
         taken_at=now, db=label, studies=tuple(views),
         workers=tuple(WorkerView(id=w.id, host=w.host, gpu=w.gpu, pid=w.pid,
                                  started_at=w.started_at, last_heartbeat=w.last_heartbeat,
-                                 stopped_at=w.stopped_at, current_attempt=w.current_attempt)
+                                 stopped_at=w.stopped_at, current_attempt=w.current_attempt,
+                                 quarantined=w.quarantine_reason
+                                 if w.quarantined_at is not None else None,
+                                 code_sha=w.code_sha)
                       for w in workers),
     )
 

@@ -96,6 +96,13 @@ def _number(kind: type, value: Any) -> Any:
     return None if out != out else out  # NaN -> None: the same on both backends
 
 
+def worker_slot(worker_id: str) -> str:
+    """`host:slot` of a `host:slot-pid` worker id (the id itself for any other id): what a
+    quarantine sticks to across restarts of the same box's worker."""
+    head, sep, pid = worker_id.rpartition("-")
+    return head if sep and ":" in head and pid.isdigit() else worker_id
+
+
 class QueueRepo:
     """The queue's repository over `engine` (see the module docstring for the guarantees)."""
 
@@ -529,16 +536,30 @@ class QueueRepo:
         logger.info("attempt finished", extra={"action": "attempt_finished",
                                                "attempt": attempt_id, "state": state.value})
 
-    def requeue(self, attempt_id: int, worker_id: str, now: datetime) -> None:
+    def requeue(self, attempt_id: int, worker_id: str, now: datetime, *,
+                reason: str = "stopped") -> None:
         """claimed/running -> queued, same attempt row, lease released; fenced. For a worker
-        stopping cleanly: the attempt resumes from its own checkpoint."""
+        stopping cleanly or preempted (`reason`): the attempt resumes from its own
+        checkpoint and costs no retry (max_attempts counts attempt rows)."""
         now = _aware(now)
         with self._tx() as conn:
             self._fenced(conn, attempt_id, worker_id, LEASED, {
                 "state": QUEUED, "worker_id": None, "claimed_at": None,
                 "lease_expires_at": None,
             }, "requeue")
-            self._event(conn, [attempt_id], now, "requeued", {"worker": worker_id})
+            self._event(conn, [attempt_id], now, "requeued",
+                        {"worker": worker_id, "reason": reason})
+
+    def record_checkpoint(self, attempt_id: int, worker_id: str, now: datetime, *,
+                          uri: str, iteration: int | None) -> None:
+        """Record where the attempt's newest checkpoint is stored (a `checkpoint` event);
+        fenced, so a worker that lost the attempt records nothing."""
+        now = _aware(now)
+        with self._tx() as conn:
+            self._fenced(conn, attempt_id, worker_id, LEASED, {"heartbeat_at": now},
+                         "record a checkpoint")
+            self._event(conn, [attempt_id], now, "checkpoint",
+                        {"worker": worker_id, "uri": uri, "iter": iteration})
 
     # -- studies ------------------------------------------------------------------------
 
@@ -702,24 +723,75 @@ class QueueRepo:
     # -- workers ------------------------------------------------------------------------
 
     def register_worker(self, worker_id: str, now: datetime, *, host: str, gpu: str | None,
-                        pid: int | None) -> None:
-        """Insert or refresh the worker row (started now, not stopped)."""
+                        pid: int | None, code_sha: str | None = None) -> None:
+        """Insert or refresh the worker row (started now, not stopped; the commit of its
+        checkout, if known)."""
         now = _aware(now)
         values = {"host": host, "gpu": gpu, "pid": pid, "started_at": now,
-                  "last_heartbeat": now, "stopped_at": None, "current_attempt": None}
+                  "last_heartbeat": now, "stopped_at": None, "current_attempt": None,
+                  "code_sha": code_sha}
         stmt = self._insert(WorkerRow).values(id=worker_id, **values)
         stmt = stmt.on_conflict_do_update(index_elements=[WorkerRow.id], set_=values)
         with self._tx() as conn:
             conn.execute(stmt)
+            # a restarted worker of a quarantined slot (same host, same slot) stays out
+            slot = worker_slot(worker_id)
+            held = [r for r in conn.execute(
+                sa.select(WorkerRow.id, WorkerRow.quarantined_at, WorkerRow.quarantine_reason)
+                .where(WorkerRow.host == host, WorkerRow.id != worker_id,
+                       WorkerRow.quarantined_at.is_not(None))
+                .order_by(WorkerRow.quarantined_at.desc())) if worker_slot(r.id) == slot]
+            if held:
+                conn.execute(sa.update(WorkerRow).where(WorkerRow.id == worker_id).values(
+                    quarantined_at=held[0].quarantined_at,
+                    quarantine_reason=held[0].quarantine_reason))
 
-    def worker_heartbeat(self, worker_id: str, now: datetime,
-                         current_attempt: int | None = None) -> None:
-        """Record that the worker is alive (and what it runs)."""
+    def quarantine_worker(self, worker_id: str, now: datetime, *, reason: str) -> None:
+        """Set the worker aside: it stops claiming until `release_workers`."""
         now = _aware(now)
         with self._tx() as conn:
+            conn.execute(sa.update(WorkerRow).where(WorkerRow.id == worker_id)
+                         .values(quarantined_at=now, quarantine_reason=reason))
+        logger.warning("worker quarantined", extra={"action": "worker_quarantined",
+                                                    "worker": worker_id, "reason": reason})
+
+    def worker_quarantine(self, worker_id: str) -> str | None:
+        """Why the worker is quarantined, or None when it may claim."""
+        with self._tx(read_only=True) as conn:
+            row = conn.execute(
+                sa.select(WorkerRow.quarantined_at, WorkerRow.quarantine_reason)
+                .where(WorkerRow.id == worker_id)).first()
+        if row is None or row.quarantined_at is None:
+            return None
+        return row.quarantine_reason or "quarantined"
+
+    def release_workers(self, now: datetime, *, worker: str | None = None,
+                        host: str | None = None) -> list[str]:
+        """Let quarantined workers claim again: one worker (its id, or its `host:slot`),
+        every worker of `host`, or, with neither, all of them. The ids released."""
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(WorkerRow.id, WorkerRow.host)
+                                .where(WorkerRow.quarantined_at.is_not(None))).all()
+            ids = [r.id for r in rows
+                   if (worker is None or worker in (r.id, worker_slot(r.id)))
+                   and (host is None or r.host == host)]
+            if ids:
+                conn.execute(sa.update(WorkerRow).where(WorkerRow.id.in_(ids))
+                             .values(quarantined_at=None, quarantine_reason=None))
+        return sorted(ids)
+
+    def worker_heartbeat(self, worker_id: str, now: datetime,
+                         current_attempt: int | None = None, *,
+                         code_sha: str | None = None) -> None:
+        """Record that the worker is alive (and what it runs; its checkout's commit if
+        given, which changes after a `git pull`)."""
+        now = _aware(now)
+        values: dict[str, Any] = {"last_heartbeat": now, "current_attempt": current_attempt}
+        if code_sha is not None:
+            values["code_sha"] = code_sha
+        with self._tx() as conn:
             n = conn.execute(
-                sa.update(WorkerRow).where(WorkerRow.id == worker_id)
-                .values(last_heartbeat=now, current_attempt=current_attempt)
+                sa.update(WorkerRow).where(WorkerRow.id == worker_id).values(**values)
             ).rowcount
         if n == 0:
             raise QueueError(f"worker {worker_id} is not registered; call register_worker first")

@@ -161,6 +161,9 @@ class WorkerRow(Base):
     last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime())
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     current_attempt: Mapped[int | None] = mapped_column(sa.Integer)
+    quarantined_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    quarantine_reason: Mapped[str | None] = mapped_column(sa.Text)
+    code_sha: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class EventRow(Base):

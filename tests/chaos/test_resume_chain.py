@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from workers.loop import WorkerLoop, WorkerSettings, attempt_pid, latest_checkpoint_dir
+from workers.attempt_dir import latest_checkpoint_dir
+from workers.clock import SystemClock
 from workers.run_attempt import carry_metrics
+from workers.runner import attempt_pid, stop_predecessor
 
 
 def _attempt(root: Path, n: int, resume_from: Path | None, checkpoint: bool) -> Path:
@@ -94,10 +96,8 @@ def test_next_attempt_stops_a_live_predecessor(tmp_path: Path, ignore_sigterm: b
         while attempt_pid(previous) != proc.pid or (ignore_sigterm and not _ignores_sigterm(proc.pid)):
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        loop = WorkerLoop(None, WorkerSettings(worker_id="w", runs_dir=tmp_path,  # type: ignore[arg-type]
-                                               kill_after_s=1.0))
         started = time.monotonic()
-        loop._stop_predecessor(previous)
+        stop_predecessor(previous, SystemClock(), kill_after_s=1.0)
         took = time.monotonic() - started
         proc.wait(timeout=5)
     finally:
