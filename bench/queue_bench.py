@@ -23,7 +23,6 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,48 +53,56 @@ def plan(name: str, n_steps: int, n_seeds: int) -> StudyPlan:
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    """The q-quantile of `values` (numpy's default linear interpolation)."""
+    import numpy as np
+
+    return float(np.quantile(np.asarray(values), q))
+
+
+def _claimer(url: str, i: int, barrier: Any, out: Any) -> None:
+    """One claimer process: its own interpreter, engine and connection; drains the queue."""
+    try:
+        repo = QueueRepo.open(url)
+        repo.study_names()  # connect before the clock starts
+        lat: list[float] = []
+        barrier.wait(timeout=120)
+        while True:
+            t0 = time.perf_counter()
+            got = repo.claim(f"bench-{i}", datetime.now(UTC), LEASE)
+            if got is None:
+                break
+            lat.append(time.perf_counter() - t0)
+        end = time.time()
+        repo.close()
+        out.put((i, lat, end, None))
+    except BaseException as e:  # noqa: BLE001 - reported by the parent
+        out.put((i, [], time.time(), f"{type(e).__name__}: {e}"))
 
 
 def bench_claims(url: str, claimers: int, n_attempts: int) -> dict[str, Any]:
-    """Drain `n_attempts` with `claimers` threads; latency of each successful claim."""
+    """Drain `n_attempts` with `claimers` processes; latency of each successful claim,
+    claims/s from the barrier to the last claimer's end."""
+    import multiprocessing as mp
+
     with QueueRepo.open(url) as repo:
         seeds = 10
         repo.submit(plan(f"claims-{claimers}-{uuid.uuid4().hex[:6]}", n_attempts // seeds, seeds),
                     datetime.now(UTC))
-    latencies: list[list[float]] = [[] for _ in range(claimers)]
-    repos = [QueueRepo.open(url) for _ in range(claimers)]
-    for r in repos:  # open each connection before the clock starts
-        r.study_names()
-    barrier = threading.Barrier(claimers + 1)
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            barrier.wait()
-            while True:
-                t0 = time.perf_counter()
-                got = repos[i].claim(f"bench-{i}", datetime.now(UTC), LEASE)
-                if got is None:
-                    return
-                latencies[i].append(time.perf_counter() - t0)
-        except BaseException as e:  # noqa: BLE001 - reported by the caller
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(claimers)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    for r in repos:
-        r.close()
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(claimers + 1), ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(url, i, barrier, out)) for i in range(claimers)]
+    for p in procs:
+        p.start()
+    barrier.wait(timeout=300)
+    t0 = time.time()
+    got = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    errors = [e for *_, e in got if e]
     if errors:
-        raise errors[0]
-    flat = [x for lat in latencies for x in lat]
+        raise RuntimeError(errors[0])
+    wall = max(end for _, _, end, _ in got) - t0
+    flat = [x for _, lat, _, _ in got for x in lat]
     assert len(flat) == n_attempts, (len(flat), n_attempts)
     return {"claimers": claimers, "claims": len(flat), "p50_ms": 1000 * pct(flat, 0.5),
             "p99_ms": 1000 * pct(flat, 0.99), "claims_per_s": len(flat) / wall}
@@ -185,7 +192,7 @@ def pg_db(server: str) -> Iterator[str]:
 
 def run_backend(name: str, db: Any, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"claims": []}
-    for claimers in (1, 8, 32):
+    for claimers in args.claimers:
         with db() as url:
             row = bench_claims(url, claimers, args.attempts)
             result["claims"].append(row)
@@ -206,7 +213,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="fewer attempts and metric rows")
     p.add_argument("--pg-url", default=os.environ.get("RECIP_BENCH_PG_URL")
                    or os.environ.get("RECIP_TEST_PG_URL"))
+    p.add_argument("--claimers", default="1,8,16,32",
+                   help="comma-separated claimer process counts (default 1,8,16,32)")
+    p.add_argument("--no-pgqueuer", action="store_true", help="skip the pgqueuer peer run")
     args = p.parse_args(argv)
+    args.claimers = [int(c) for c in args.claimers.split(",")]
     args.attempts = 320 if args.quick else 2000
     args.runs = 1000
     args.metrics = 100_000 if args.quick else 1_000_000

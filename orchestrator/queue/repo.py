@@ -18,7 +18,6 @@ from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy import exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator.core.errors import (
@@ -190,7 +189,14 @@ class QueueRepo:
         return QueueError(f"database {self.label}: {text}")
 
     def _insert(self, row: type[Any]) -> Any:
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(row)
+        # imported here: the other backend's dialect module stays unloaded (startup cost)
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(row)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(row)
 
     @staticmethod
     def _event(conn: Connection, attempt_ids: Sequence[int], now: datetime, kind: str,
