@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import platform
 import statistics
@@ -108,6 +109,79 @@ def bench_claims(url: str, claimers: int, n_attempts: int) -> dict[str, Any]:
             "p99_ms": 1000 * pct(flat, 0.99), "claims_per_s": len(flat) / wall}
 
 
+# -- pgqueuer, the peer: same server, same process count, one job per transaction -------
+
+def _pgq_worker(dsn: str, batch: int, barrier: Any, out: Any) -> None:
+    """One pgqueuer QueueManager process draining the `bench` entrypoint."""
+    import asyncio
+
+    async def go() -> float:
+        import psycopg
+        from pgqueuer import PsycopgDriver, Queries, QueueManager
+        from pgqueuer.types import QueueExecutionMode
+
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        qm = QueueManager(Queries(PsycopgDriver(conn)))
+
+        @qm.entrypoint("bench")
+        async def job(_: Any) -> None:
+            return None
+
+        await asyncio.get_running_loop().run_in_executor(None, barrier.wait, 120)
+        await qm.run(batch_size=batch, mode=QueueExecutionMode.drain,
+                     dequeue_timeout=timedelta(seconds=1))
+        end = time.time()
+        await conn.close()
+        return end
+
+    try:
+        out.put((asyncio.run(go()), None))
+    except BaseException as e:  # noqa: BLE001 - reported by the parent
+        out.put((time.time(), f"{type(e).__name__}: {e}"))
+
+
+def bench_pgqueuer(url: str, workers: int, jobs: int, batch: int) -> dict[str, Any] | None:
+    """Jobs/s of `workers` pgqueuer processes draining `jobs` no-op jobs; None when pgqueuer
+    is not installed (the optional `bench` extra)."""
+    try:
+        import asyncio
+        import multiprocessing as mp
+
+        import psycopg
+        from pgqueuer import PsycopgDriver, Queries
+    except ImportError:
+        return None
+    dsn = parse_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def prepare() -> None:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        q = Queries(PsycopgDriver(conn))
+        if not await q.schema_is_installed():
+            await q.install()
+        await q.clear_queue()
+        await q.enqueue(["bench"] * jobs, [None] * jobs, [0] * jobs)
+        await conn.close()
+
+    asyncio.run(prepare())
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(workers + 1), ctx.Queue()
+    procs = [ctx.Process(target=_pgq_worker, args=(dsn, batch, barrier, out))
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    barrier.wait(timeout=300)
+    t0 = time.time()
+    got = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    errors = [e for _, e in got if e]
+    if errors:
+        raise RuntimeError(f"pgqueuer: {errors[0]}")
+    # the drain includes each worker's final empty dequeue wait; subtract nothing (honest)
+    wall = max(end for end, _ in got) - t0
+    return {"workers": workers, "batch_size": batch, "jobs": jobs, "jobs_per_s": jobs / wall}
+
+
 def fill_for_snapshot(url: str, n_runs: int, n_metrics: int) -> None:
     """n_runs running attempts with progress, and n_metrics metric rows spread over them."""
     now = datetime.now(UTC)
@@ -191,6 +265,8 @@ def pg_db(server: str) -> Iterator[str]:
 
 
 def run_backend(name: str, db: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Claim runs at each claimer count (pgqueuer beside the 16-process PostgreSQL run), then
+    the snapshot on a filled database (skipped with --no-snapshot)."""
     result: dict[str, Any] = {"claims": []}
     for claimers in args.claimers:
         with db() as url:
@@ -198,6 +274,19 @@ def run_backend(name: str, db: Any, args: argparse.Namespace) -> dict[str, Any]:
             result["claims"].append(row)
             print(f"  {name:8} claimers={claimers:<3} p50={row['p50_ms']:7.2f} ms  "
                   f"p99={row['p99_ms']:7.2f} ms  {row['claims_per_s']:8.1f} claims/s", flush=True)
+            if name == "postgres" and claimers == 16 and not args.no_pgqueuer:
+                result["pgqueuer"] = []
+                for batch in (1, 10):
+                    with db() as peer_url:
+                        peer = bench_pgqueuer(peer_url, claimers, args.attempts, batch)
+                    if peer is None:
+                        print("  pgqueuer not installed (pip install '.[bench]'): peer skipped")
+                        break
+                    result["pgqueuer"].append(peer)
+                    print(f"  pgqueuer workers={claimers:<3} batch={batch:<3} "
+                          f"{peer['jobs_per_s']:8.1f} jobs/s", flush=True)
+    if args.no_snapshot:
+        return result
     with db() as url:
         t0 = time.perf_counter()
         fill_for_snapshot(url, args.runs, args.metrics)
@@ -216,9 +305,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--claimers", default="1,8,16,32",
                    help="comma-separated claimer process counts (default 1,8,16,32)")
     p.add_argument("--no-pgqueuer", action="store_true", help="skip the pgqueuer peer run")
+    p.add_argument("--no-snapshot", action="store_true", help="claims only")
+    p.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    p.add_argument("--attempts", type=int, default=None, help="attempts per claim run")
     args = p.parse_args(argv)
     args.claimers = [int(c) for c in args.claimers.split(",")]
-    args.attempts = 320 if args.quick else 2000
+    args.attempts = args.attempts or (320 if args.quick else 2000)
     args.runs = 1000
     args.metrics = 100_000 if args.quick else 1_000_000
 
@@ -230,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"queue bench ({'quick' if args.quick else 'full'}): {args.attempts} attempts per "
           f"claim run; snapshot on {args.runs} runs / {args.metrics:,} metric rows", flush=True)
-    results["backends"]["sqlite"] = run_backend("sqlite", sqlite_db, args)
+    if not args.no_sqlite:
+        results["backends"]["sqlite"] = run_backend("sqlite", sqlite_db, args)
     if args.pg_url:
         results["backends"]["postgres"] = run_backend(
             "postgres", lambda: pg_db(args.pg_url), args)
@@ -247,15 +340,30 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"{'backend':9} {'runs':>6} {'metrics':>10} {'snapshot ms':>12} {'+render ms':>11}")
     for backend, res in results["backends"].items():
+        if "snapshot" not in res:
+            continue
         s = res["snapshot"]
         render = f"{s['snapshot_render_ms']:.1f}" if "snapshot_render_ms" in s else "-"
         print(f"{backend:9} {s['runs']:>6} {s['metric_rows']:>10,} {s['snapshot_ms']:>12.1f} "
               f"{render:>11}")
-    sqlite8 = next(r for r in results["backends"]["sqlite"]["claims"] if r["claimers"] == 8)
+    def at(backend: str, n: int) -> dict[str, Any] | None:
+        rows = results["backends"].get(backend, {}).get("claims", [])
+        return next((r for r in rows if r["claimers"] == n), None)
+
+    sqlite8 = at("sqlite", 8) or {"p50_ms": math.nan, "p99_ms": math.nan}
+    pg8, pg16 = at("postgres", 8), at("postgres", 16)
+    peer = next((r for r in results["backends"].get("postgres", {}).get("pgqueuer", [])
+                 if r["batch_size"] == 1), None)
+    for r in results["backends"].get("postgres", {}).get("pgqueuer", []):
+        print(f"pgqueuer  {r['workers']:>8} batch {r['batch_size']:<3} {r['jobs_per_s']:>9.1f} jobs/s")
     results["targets"] = {
         "sqlite_claim_p50_ms_at_8_lt_20": sqlite8["p50_ms"] < 20,
+        "sqlite_claim_p99_ms_at_8_lt_100": sqlite8["p99_ms"] < 100,
+        "pg_claim_p99_ms_at_8_lt_100": None if pg8 is None else pg8["p99_ms"] < 100,
+        "pg_16_processes_ge_pgqueuer_unbatched": None if pg16 is None or peer is None
+        else pg16["claims_per_s"] >= peer["jobs_per_s"],
         "snapshot_lt_1s": all(r["snapshot"]["snapshot_ms"] < 1000
-                              for r in results["backends"].values()),
+                              for r in results["backends"].values() if "snapshot" in r),
     }
     print(f"\ntargets: {results['targets']}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
