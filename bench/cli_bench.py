@@ -30,8 +30,10 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +48,7 @@ RESULTS = Path(__file__).parent / "results" / "cli.json"
 TARGET_MS = 1000.0
 STUDY = "status_bench"
 TIMED = ("status", "status_json", "report", "report_json")
+CPU_MS: dict[str, list[float]] = {}  # argv|code -> CPU ms of each fresh run
 
 
 def commands(url: str, empty_url: str) -> dict[str, list[str]]:
@@ -70,10 +73,15 @@ def fresh(argv: list[str], code: str | None = None) -> float:
     env = {**os.environ, "COLUMNS": "100"}
     if code is not None:
         env["PYTHONPATH"] = code
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                           cwd=code)  # `-m` puts the cwd first on sys.path
     ms = 1000 * (time.perf_counter() - t)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU time (user + sys) of the child: far less sensitive to a loaded machine than wall
+    CPU_MS.setdefault(" ".join(argv) + f"|{code}", []).append(
+        1000 * (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime))
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[-4:])} exited {proc.returncode}: "
                            f"{proc.stderr.decode()[-300:]}")
@@ -114,6 +122,7 @@ def measure(url: str, empty_url: str, rounds: int,
     for r in range(rounds):
         order = list(cmds)
         order = order[r % len(order):] + order[:r % len(order)]  # rotate the order
+        print(f"  round {r + 1}/{rounds} ...", file=sys.stderr, flush=True)
         for k in order:
             first_base = base is not None and r % 2 == 1  # alternate which goes first
             if first_base and base and k not in ("empty_status_json", "db_current"):
@@ -121,11 +130,16 @@ def measure(url: str, empty_url: str, rounds: int,
             samples[k].append(fresh(cmds[k]))
             if not first_base and base and k not in ("empty_status_json", "db_current"):
                 base_samples[k].append(fresh(base_cmds[k], base[0]))
+    def cpu(argv: list[str], code: str | None) -> float:
+        return round(statistics.median(CPU_MS[" ".join(argv) + f"|{code}"][1:] or [math.nan]), 1)
+
     out: dict[str, Any] = {
+        "cpu_ms": {k: cpu(cmds[k], None) for k in cmds},
         "fresh_ms": {k: round(statistics.median(v), 1) for k, v in samples.items()},
         "fresh_min_ms": {k: round(min(v), 1) for k, v in samples.items()},
         "in_process_ms": in_process(url, rounds)}
     if base:
+        out["base_cpu_ms"] = {k: cpu(base_cmds[k], base[0]) for k, v in base_samples.items() if v}
         out["base_fresh_ms"] = {k: round(statistics.median(v), 1)
                                 for k, v in base_samples.items() if v}
         out["ratio_new_over_base"] = {
@@ -245,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             m = measure(url, empty, args.rounds, base)
             results.append({"backend": backend, "runs": args.runs, "metrics": args.metrics,
                             **built, **m, "load_before": load0, "load_after": os.getloadavg()})
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # partial results
 
     names = list(commands("x", "y"))
     print(f"fresh processes, median of {args.rounds} interleaved rounds (ms); "
@@ -259,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r.get('base_fresh_ms', {}).get(n, float('nan')):>10.0f}"
                 f" x{r.get('ratio_new_over_base', {}).get(n, float('nan')):.2f}"
                 for r in results))
+    print("CPU time (user + sys) of the same fresh processes, median (ms)")
+    for n in names:
+        print(f"{n:20} " + " ".join(
+            f"{r['cpu_ms'][n]:>10.0f}" + (f" base {r['base_cpu_ms'][n]:>6.0f}"
+                                          if n in r.get("base_cpu_ms", {}) else "")
+            for r in results))
     print("in one warm process (ms)")
     for n in TIMED:
         print(f"{n:20} " + " ".join(f"{r['in_process_ms'][n]:>10.0f}" for r in results))
