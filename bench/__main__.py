@@ -1,4 +1,4 @@
-"""`python -m bench [all|train|mechanisms|queue|status|report|overhead|memory|plan ...] [--quick]`
+"""`python -m bench [all|cli|train|mechanisms|queue|status|report|overhead|memory|plan|gpu ...] [--quick]`
 
 One entry point for the benchmarks of issue 8. Each benchmark runs in its own process (its
 own torch state; memory_bench forks and needs a parent that did no tensor work), prints its
@@ -22,6 +22,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 # name -> (module, arguments for a full run, arguments for --quick)
 BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
+    "cli": ("bench.cli_bench", [], ["--quick"]),
     "train": ("bench.train_bench", ["--presets", "tiny,small"], ["--quick"]),
     "mechanisms": ("bench.mechanisms_bench", [], ["--quick"]),
     "memory": ("bench.memory_bench", [], ["--quick"]),
@@ -30,6 +31,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "report": ("bench.report_bench", [], ["--quick"]),
     "overhead": ("bench.attempt_overhead", [], ["--rounds", "1"]),
     "plan": ("bench.plan_bench", [], ["--specs", "ablations/smoke.yaml", "ablations/rmlp_prune.yaml"]),
+    "gpu": ("bench.gpu_bench", [], ["--cpu-smoke"]),
 }
 
 

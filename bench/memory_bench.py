@@ -1,4 +1,5 @@
-"""Peak memory of one training forward + backward per variant, relative to the baseline.
+"""Peak memory of one training step (forward + backward + AdamW step) per variant, relative
+to the baseline.
 
     python -m bench.memory_bench [--quick] [--device cpu|cuda] [--sizes tiny,small]
 
@@ -9,7 +10,8 @@ CPU: each variant runs in a forked child of a parent that imported torch and did
 work (so the child starts with no allocator state and OpenMP is safe); the child runs a micro
 baseline once (torch maps its kernels' code on first use), resets its peak RSS
 (`/proc/self/clear_refs`, 5), builds the model, runs forward + backward, and reports
-VmHWM - VmRSS-at-start: parameters + gradients + activations + allocator slack.
+VmHWM - VmRSS-at-start: parameters + gradients + activations + AdamW's two moments +
+allocator slack.
 CUDA: in process, `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`,
 bf16 autocast as the trainer uses it. Writes bench/results/memory.json and prints a table.
 """
@@ -60,6 +62,8 @@ def _fwd_bwd(v: Variant, size: str, device: str) -> dict[str, Any]:
     else:
         _, loss = model(x, y)
     loss.backward()
+    # the optimizer step of a training step: AdamW's two moments per parameter (2 x params)
+    torch.optim.AdamW(model.optim_groups(0.1), lr=1e-4, fused=device == "cuda").step()
     params = sum(p.numel() for p in model.parameters())
     return {"label": v.label, "attn": v.attn, "mlp": v.mlp, "params": params,
             "param_mb": params * 4 / MB}

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,51 +54,132 @@ def plan(name: str, n_steps: int, n_seeds: int) -> StudyPlan:
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    """The q-quantile of `values` (numpy's default linear interpolation)."""
+    import numpy as np
+
+    return float(np.quantile(np.asarray(values), q))
+
+
+def _claimer(url: str, i: int, barrier: Any, out: Any) -> None:
+    """One claimer process: its own interpreter, engine and connection; drains the queue."""
+    try:
+        repo = QueueRepo.open(url)
+        repo.study_names()  # connect before the clock starts
+        lat: list[float] = []
+        barrier.wait(timeout=120)
+        while True:
+            t0 = time.perf_counter()
+            got = repo.claim(f"bench-{i}", datetime.now(UTC), LEASE)
+            if got is None:
+                break
+            lat.append(time.perf_counter() - t0)
+        end = time.time()
+        repo.close()
+        out.put((i, lat, end, None))
+    except BaseException as e:  # noqa: BLE001 - reported by the parent
+        out.put((i, [], time.time(), f"{type(e).__name__}: {e}"))
 
 
 def bench_claims(url: str, claimers: int, n_attempts: int) -> dict[str, Any]:
-    """Drain `n_attempts` with `claimers` threads; latency of each successful claim."""
+    """Drain `n_attempts` with `claimers` processes; latency of each successful claim,
+    claims/s from the barrier to the last claimer's end."""
+    import multiprocessing as mp
+
     with QueueRepo.open(url) as repo:
         seeds = 10
         repo.submit(plan(f"claims-{claimers}-{uuid.uuid4().hex[:6]}", n_attempts // seeds, seeds),
                     datetime.now(UTC))
-    latencies: list[list[float]] = [[] for _ in range(claimers)]
-    repos = [QueueRepo.open(url) for _ in range(claimers)]
-    for r in repos:  # open each connection before the clock starts
-        r.study_names()
-    barrier = threading.Barrier(claimers + 1)
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        try:
-            barrier.wait()
-            while True:
-                t0 = time.perf_counter()
-                got = repos[i].claim(f"bench-{i}", datetime.now(UTC), LEASE)
-                if got is None:
-                    return
-                latencies[i].append(time.perf_counter() - t0)
-        except BaseException as e:  # noqa: BLE001 - reported by the caller
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(claimers)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    for r in repos:
-        r.close()
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(claimers + 1), ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(url, i, barrier, out)) for i in range(claimers)]
+    for p in procs:
+        p.start()
+    barrier.wait(timeout=300)
+    t0 = time.time()
+    got = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    errors = [e for *_, e in got if e]
     if errors:
-        raise errors[0]
-    flat = [x for lat in latencies for x in lat]
+        raise RuntimeError(errors[0])
+    wall = max(end for _, _, end, _ in got) - t0
+    flat = [x for _, lat, _, _ in got for x in lat]
     assert len(flat) == n_attempts, (len(flat), n_attempts)
     return {"claimers": claimers, "claims": len(flat), "p50_ms": 1000 * pct(flat, 0.5),
             "p99_ms": 1000 * pct(flat, 0.99), "claims_per_s": len(flat) / wall}
+
+
+# -- pgqueuer, the peer: same server, same process count, one job per transaction -------
+
+def _pgq_worker(dsn: str, batch: int, barrier: Any, out: Any) -> None:
+    """One pgqueuer QueueManager process draining the `bench` entrypoint."""
+    import asyncio
+
+    async def go() -> float:
+        import psycopg
+        from pgqueuer import PsycopgDriver, Queries, QueueManager
+        from pgqueuer.types import QueueExecutionMode
+
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        qm = QueueManager(Queries(PsycopgDriver(conn)))
+
+        @qm.entrypoint("bench")
+        async def job(_: Any) -> None:
+            return None
+
+        await asyncio.get_running_loop().run_in_executor(None, barrier.wait, 120)
+        await qm.run(batch_size=batch, mode=QueueExecutionMode.drain,
+                     dequeue_timeout=timedelta(seconds=1))
+        end = time.time()
+        await conn.close()
+        return end
+
+    try:
+        out.put((asyncio.run(go()), None))
+    except BaseException as e:  # noqa: BLE001 - reported by the parent
+        out.put((time.time(), f"{type(e).__name__}: {e}"))
+
+
+def bench_pgqueuer(url: str, workers: int, jobs: int, batch: int) -> dict[str, Any] | None:
+    """Jobs/s of `workers` pgqueuer processes draining `jobs` no-op jobs; None when pgqueuer
+    is not installed (the optional `bench` extra)."""
+    try:
+        import asyncio
+        import multiprocessing as mp
+
+        import psycopg
+        from pgqueuer import PsycopgDriver, Queries
+    except ImportError:
+        return None
+    dsn = parse_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def prepare() -> None:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        q = Queries(PsycopgDriver(conn))
+        if not await q.schema_is_installed():
+            await q.install()
+        await q.clear_queue()
+        await q.enqueue(["bench"] * jobs, [None] * jobs, [0] * jobs)
+        await conn.close()
+
+    asyncio.run(prepare())
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(workers + 1), ctx.Queue()
+    procs = [ctx.Process(target=_pgq_worker, args=(dsn, batch, barrier, out))
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    barrier.wait(timeout=300)
+    t0 = time.time()
+    got = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    errors = [e for _, e in got if e]
+    if errors:
+        raise RuntimeError(f"pgqueuer: {errors[0]}")
+    # the drain includes each worker's final empty dequeue wait; subtract nothing (honest)
+    wall = max(end for end, _ in got) - t0
+    return {"workers": workers, "batch_size": batch, "jobs": jobs, "jobs_per_s": jobs / wall}
 
 
 def fill_for_snapshot(url: str, n_runs: int, n_metrics: int) -> None:
@@ -184,13 +265,28 @@ def pg_db(server: str) -> Iterator[str]:
 
 
 def run_backend(name: str, db: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Claim runs at each claimer count (pgqueuer beside the 16-process PostgreSQL run), then
+    the snapshot on a filled database (skipped with --no-snapshot)."""
     result: dict[str, Any] = {"claims": []}
-    for claimers in (1, 8, 32):
+    for claimers in args.claimers:
         with db() as url:
             row = bench_claims(url, claimers, args.attempts)
             result["claims"].append(row)
             print(f"  {name:8} claimers={claimers:<3} p50={row['p50_ms']:7.2f} ms  "
                   f"p99={row['p99_ms']:7.2f} ms  {row['claims_per_s']:8.1f} claims/s", flush=True)
+            if name == "postgres" and claimers == 16 and not args.no_pgqueuer:
+                result["pgqueuer"] = []
+                for batch in (1, 10):
+                    with db() as peer_url:
+                        peer = bench_pgqueuer(peer_url, claimers, args.attempts, batch)
+                    if peer is None:
+                        print("  pgqueuer not installed (pip install '.[bench]'): peer skipped")
+                        break
+                    result["pgqueuer"].append(peer)
+                    print(f"  pgqueuer workers={claimers:<3} batch={batch:<3} "
+                          f"{peer['jobs_per_s']:8.1f} jobs/s", flush=True)
+    if args.no_snapshot:
+        return result
     with db() as url:
         t0 = time.perf_counter()
         fill_for_snapshot(url, args.runs, args.metrics)
@@ -206,8 +302,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="fewer attempts and metric rows")
     p.add_argument("--pg-url", default=os.environ.get("RECIP_BENCH_PG_URL")
                    or os.environ.get("RECIP_TEST_PG_URL"))
+    p.add_argument("--claimers", default="1,8,16,32",
+                   help="comma-separated claimer process counts (default 1,8,16,32)")
+    p.add_argument("--no-pgqueuer", action="store_true", help="skip the pgqueuer peer run")
+    p.add_argument("--no-snapshot", action="store_true", help="claims only")
+    p.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    p.add_argument("--attempts", type=int, default=None, help="attempts per claim run")
     args = p.parse_args(argv)
-    args.attempts = 320 if args.quick else 2000
+    args.claimers = [int(c) for c in args.claimers.split(",")]
+    args.attempts = args.attempts or (320 if args.quick else 2000)
     args.runs = 1000
     args.metrics = 100_000 if args.quick else 1_000_000
 
@@ -219,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"queue bench ({'quick' if args.quick else 'full'}): {args.attempts} attempts per "
           f"claim run; snapshot on {args.runs} runs / {args.metrics:,} metric rows", flush=True)
-    results["backends"]["sqlite"] = run_backend("sqlite", sqlite_db, args)
+    if not args.no_sqlite:
+        results["backends"]["sqlite"] = run_backend("sqlite", sqlite_db, args)
     if args.pg_url:
         results["backends"]["postgres"] = run_backend(
             "postgres", lambda: pg_db(args.pg_url), args)
@@ -236,15 +340,30 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"{'backend':9} {'runs':>6} {'metrics':>10} {'snapshot ms':>12} {'+render ms':>11}")
     for backend, res in results["backends"].items():
+        if "snapshot" not in res:
+            continue
         s = res["snapshot"]
         render = f"{s['snapshot_render_ms']:.1f}" if "snapshot_render_ms" in s else "-"
         print(f"{backend:9} {s['runs']:>6} {s['metric_rows']:>10,} {s['snapshot_ms']:>12.1f} "
               f"{render:>11}")
-    sqlite8 = next(r for r in results["backends"]["sqlite"]["claims"] if r["claimers"] == 8)
+    def at(backend: str, n: int) -> dict[str, Any] | None:
+        rows = results["backends"].get(backend, {}).get("claims", [])
+        return next((r for r in rows if r["claimers"] == n), None)
+
+    sqlite8 = at("sqlite", 8) or {"p50_ms": math.nan, "p99_ms": math.nan}
+    pg8, pg16 = at("postgres", 8), at("postgres", 16)
+    peer = next((r for r in results["backends"].get("postgres", {}).get("pgqueuer", [])
+                 if r["batch_size"] == 1), None)
+    for r in results["backends"].get("postgres", {}).get("pgqueuer", []):
+        print(f"pgqueuer  {r['workers']:>8} batch {r['batch_size']:<3} {r['jobs_per_s']:>9.1f} jobs/s")
     results["targets"] = {
         "sqlite_claim_p50_ms_at_8_lt_20": sqlite8["p50_ms"] < 20,
+        "sqlite_claim_p99_ms_at_8_lt_100": sqlite8["p99_ms"] < 100,
+        "pg_claim_p99_ms_at_8_lt_100": None if pg8 is None else pg8["p99_ms"] < 100,
+        "pg_16_processes_ge_pgqueuer_unbatched": None if pg16 is None or peer is None
+        else pg16["claims_per_s"] >= peer["jobs_per_s"],
         "snapshot_lt_1s": all(r["snapshot"]["snapshot_ms"] < 1000
-                              for r in results["backends"].values()),
+                              for r in results["backends"].values() if "snapshot" in r),
     }
     print(f"\ntargets: {results['targets']}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

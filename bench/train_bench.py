@@ -2,8 +2,11 @@
 
     python -m bench.train_bench [--quick] [--presets tiny,small] [--vocab 320] [--threads N]
 
-Both models get the same config, the same batch and the same optimizer (torch AdamW); their
-steps (forward + backward + optimizer step) are interleaved, alternating which goes first,
+Peers: a nanoGPT-style re-implementation (below) and, when `transformers` is installed (the
+optional `bench` extra), Hugging Face's GPT2LMHeadModel of the same shape. All get the same
+config, batch and optimizer (torch AdamW) at the machine's thread count; their steps
+(forward + backward + optimizer step) are interleaved, rotating which goes first, each
+iteration gives one paired ratio per peer (median, bootstrap CI, Wilcoxon; >= 30 pairs),
 and the median of the warm steps is reported (design.md §8: single steps spike 1.5-2x on
 this machine, only medians of interleaved runs mean anything). The vocabulary defaults to
 the byte tokenizer's 320 so that the blocks, not the LM head, dominate. Writes
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -83,6 +87,33 @@ class RefGPT(nn.Module):
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
+class HFGPT(nn.Module):
+    """The installable peer: Hugging Face transformers' GPT2LMHeadModel of the same shape
+    (exact GELU, no dropout, SDPA attention, tied head), same loss as ours on its logits."""
+
+    def __init__(self, c: GPTConfig):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        hf = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                        n_layer=c.n_layer, n_head=c.n_head, activation_function="gelu",
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
+        hf._attn_implementation = "sdpa"
+        self.model = GPT2LMHeadModel(hf)
+
+    def forward(self, idx, targets):
+        logits = self.model(input_ids=idx).logits
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def hf_available() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------------------------------
 
 def _step_fn(model, device: torch.device):
@@ -106,31 +137,59 @@ def _step_fn(model, device: torch.device):
     return step
 
 
-def bench_preset(preset: str, vocab: int, steps: int, warmup: int, device: torch.device) -> dict:
+def paired(ratios: list[float]) -> dict:
+    """Median of per-iteration (peer time / our time) ratios, its 95 % bootstrap CI and a
+    Wilcoxon signed-rank test of log ratio = 0 (scipy); > 1 means ours is faster."""
+    import numpy as np
+    from scipy import stats
+
+    logs = np.log(np.asarray(ratios))
+    ci = stats.bootstrap((np.asarray(ratios),), np.median, n_resamples=2000,
+                         random_state=0, method="percentile").confidence_interval
+    p = float(stats.wilcoxon(logs).pvalue) if len(logs) >= 10 and np.any(logs != 0) else None
+    return {"n": len(ratios), "median": float(np.median(ratios)), "ci95": [float(ci.low), float(ci.high)],
+            "wilcoxon_p": p}
+
+
+def bench_preset(preset: str, vocab: int, steps: int, warmup: int, device: torch.device,
+                 hf: bool = True) -> dict:
     cfg = GPTConfig(**{**PRESETS[preset], "dropout": 0.0, "vocab_size": vocab})
     B, T = BATCH.get(preset, 4), cfg.block_size
     torch.manual_seed(0)
     ours = GPT(cfg).to(device).train()
     ref = RefGPT(cfg).to(device).train()
-    fns = {"ours": _step_fn(ours, device), "ref": _step_fn(ref, device)}
-    times: dict[str, list[float]] = {"ours": [], "ref": []}
+    models: dict[str, nn.Module] = {"ours": ours, "ref": ref}
+    if hf and hf_available():
+        models["hf"] = HFGPT(cfg).to(device).train()
+    fns = {k: _step_fn(m, device) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
     g = torch.Generator().manual_seed(0)
+    names = list(models)
     for i in range(warmup + steps):
         x = torch.randint(0, vocab, (B, T), generator=g).to(device)
         y = torch.randint(0, vocab, (B, T), generator=g).to(device)
-        order = ("ours", "ref") if i % 2 == 0 else ("ref", "ours")
+        order = names[i % len(names):] + names[:i % len(names)]  # rotate who goes first
         for name in order:
             dt = fns[name](x, y)
             if i >= warmup:
                 times[name].append(dt)
     med = {k: statistics.median(v) for k, v in times.items()}
     tok = B * T
+    peers = {}
+    for peer in ("ref", "hf"):
+        if peer in times:  # paired: ours and the peer ran in the same iteration
+            ratios = [p / o for o, p in zip(times["ours"], times[peer], strict=True)]
+            peers[peer] = paired(ratios)
     return {
         "preset": preset, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "block_size": T, "batch": B,
         "vocab_size": vocab, "steps": steps, "warmup": warmup,
         "ours_ms": 1000 * med["ours"], "ref_ms": 1000 * med["ref"],
         "ours_tok_s": tok / med["ours"], "ref_tok_s": tok / med["ref"],
         "ratio": med["ref"] / med["ours"],
+        "hf_ms": 1000 * med["hf"] if "hf" in med else None,
+        "hf_tok_s": tok / med["hf"] if "hf" in med else None,
+        "paired": peers,
+        "params_hf": sum(p.numel() for p in models["hf"].parameters()) if "hf" in models else None,
         "params_ours": sum(p.numel() for p in ours.parameters()),
         "params_ref": sum(p.numel() for p in ref.parameters()),
     }
@@ -142,18 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", default="tiny,small")
     p.add_argument("--vocab", type=int, default=320, help="320 = byte tokenizer; 50304 = GPT-2")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the machine's CPU count)")
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers GPT-2 peer")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     device = torch.device(args.device)
     rows = []
     for preset in args.presets.split(","):
         steps = args.steps or (10 if args.quick else 60) * (2 if preset == "tiny" else 1)
         warmup = 3 if args.quick else 10
-        rows.append(bench_preset(preset, args.vocab, steps, warmup, device))
+        rows.append(bench_preset(preset, args.vocab, steps, warmup, device, hf=not args.no_hf))
 
     print(f"device {device} | threads {torch.get_num_threads()} | torch {torch.__version__} | vocab {args.vocab}")
     print(f"{'preset':8} {'shape':>12} {'ours ms':>9} {'ref ms':>9} {'ours tok/s':>11} {'ref tok/s':>11} {'ratio':>6}")
@@ -161,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         shape = f"{r['n_layer']}x{r['n_embd']}/{r['block_size']}"
         print(f"{r['preset']:8} {shape:>12} {r['ours_ms']:9.1f} {r['ref_ms']:9.1f} "
               f"{r['ours_tok_s']:11,.0f} {r['ref_tok_s']:11,.0f} {r['ratio']:6.3f}")
+        for peer, st in r["paired"].items():
+            print(f"    paired vs {peer}: median {st['median']:.3f} (95% CI {st['ci95'][0]:.3f}-"
+                  f"{st['ci95'][1]:.3f}, n={st['n']}, Wilcoxon p={st['wilcoxon_p']})"
+                  + (f"; hf {r['hf_ms']:.1f} ms" if peer == "hf" else ""))
     worst = min(r["ratio"] for r in rows)
     print(f"ratio = ours tok/s / reference tok/s (>= 1 means ours is not slower); worst {worst:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

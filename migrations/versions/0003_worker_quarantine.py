@@ -1,7 +1,7 @@
 """workers: quarantine (quarantined_at, quarantine_reason) and the code they run (code_sha)
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-04
 
 A worker (a box's GPU or CPU slot) whose attempts failed the same way k times in a row
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | None = None
 depends_on: str | None = None
 

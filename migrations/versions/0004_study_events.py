@@ -1,7 +1,7 @@
 """study_events: study-level history (seeds added after a look)
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 Create Date: 2026-12-04
 
 Frozen copy of the table at 0004 (never import orchestrator.queue.schema here). One row per
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
-down_revision: str | None = "0001"
+down_revision: str | None = "0003"
 branch_labels: str | None = None
 depends_on: str | None = None
 

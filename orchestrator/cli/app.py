@@ -6,29 +6,15 @@ Errors: a RecipError becomes `error: <one line>` on stderr and exit 1; usage err
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
 
-from orchestrator.cli import (
-    baseline_cmd,
-    check_cmd,
-    data_cmd,
-    db_cmd,
-    doctor_cmd,
-    queue_cmd,
-    report_cmd,
-    resume_cmd,
-    run_cmd,
-    seeds_cmd,
-    status_cmd,
-    wandb_cmd,
-    workers_cmd,
-)
 from orchestrator.cli.common import redact, say
 from orchestrator.core.errors import RecipError
 
@@ -44,43 +30,77 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
-app = typer.Typer(
-    name="recip",
-    help="Ablation studies of reciprocal GPT-2 variants: a spec, a queue, GPU workers, a report.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
+# Which module defines each top-level name: a sub-app (`recip queue ...`) or commands added
+# by the module's `register(app)`. A command line whose command is listed here imports only
+# that module (startup: `recip status` never imports the run, resume or doctor code); any
+# other (help, completion, a command added elsewhere) builds the whole app.
+SUBAPPS: dict[str, str] = {
+    "queue": "queue_cmd", "db": "db_cmd", "data": "data_cmd", "workers": "workers_cmd",
+    "wandb": "wandb_cmd", "baseline": "baseline_cmd", "seeds": "seeds_cmd",
+}
+REGISTERED: tuple[str, ...] = (
+    "status_cmd", "run_cmd", "check_cmd", "report_cmd", "resume_cmd", "doctor_cmd",
 )
+COMMANDS: dict[str, str] = {
+    "status": "status_cmd", "run": "run_cmd", "logs": "run_cmd", "check": "check_cmd",
+    "report": "report_cmd", "resume": "resume_cmd", "rerun": "resume_cmd",
+    "show": "resume_cmd", "doctor": "doctor_cmd",
+}
 
 
-@app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """recip: submit a study, watch it, fix and resume it, report what each mechanism did."""
 
 
-app.add_typer(queue_cmd.app, name="queue")
-app.add_typer(db_cmd.app, name="db")
-app.add_typer(data_cmd.app, name="data")
-app.add_typer(workers_cmd.app, name="workers")
-app.add_typer(wandb_cmd.app, name="wandb")
-app.add_typer(baseline_cmd.app, name="baseline")
-app.add_typer(seeds_cmd.app, name="seeds")
-status_cmd.register(app)
-run_cmd.register(app)
-check_cmd.register(app)
-report_cmd.register(app)
-resume_cmd.register(app)
-doctor_cmd.register(app)
+def build_app(only: str | None = None) -> typer.Typer:
+    """The root app with every command, or with only the module that defines `only`."""
+    root = typer.Typer(
+        name="recip",
+        help="Ablation studies of reciprocal GPT-2 variants: a spec, a queue, GPU workers, a report.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    root.callback()(_root)
+
+    def module(name: str) -> Any:
+        return importlib.import_module(f"orchestrator.cli.{name}")
+
+    for sub, mod in SUBAPPS.items():
+        if only is None or only == sub:
+            root.add_typer(module(mod).app, name=sub)
+    for mod in REGISTERED:
+        if only is None or COMMANDS.get(only) == mod:
+            module(mod).register(root)
+    return root
+
+
+def _command_name(args: list[str]) -> str | None:
+    """The command an argv names, when it is one of ours and nothing but --debug precedes it."""
+    for arg in args:
+        if arg == "--debug":
+            continue
+        return arg if arg in SUBAPPS or arg in COMMANDS else None
+    return None
+
+
+def __getattr__(name: str) -> Any:
+    """`app`: the full root app, built on first use (tests and completion inspect it)."""
+    if name == "app":
+        full = build_app()
+        globals()["app"] = full
+        return full
+    raise AttributeError(name)
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv` and return the exit code (the error boundary)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("RECIP_DEBUG") == "1"
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(build_app(_command_name(args)))
     try:
         rc = command.main(args=args, prog_name="recip", standalone_mode=False)
     except _EXIT as e:

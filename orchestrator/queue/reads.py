@@ -37,6 +37,15 @@ _ATTEMPT_VIEW = (
     AttemptRow.code_sha, AttemptRow.code_dirty,
 )
 
+# what an AttemptResult carries: not env_json (the largest JSON column, which no reader of
+# results uses), so a study read decodes one JSON document per attempt less
+_ATTEMPT_RESULT = (
+    AttemptRow.id, AttemptRow.run_id, AttemptRow.attempt_no, AttemptRow.state,
+    AttemptRow.result_json, AttemptRow.failure_kind, AttemptRow.error_type,
+    AttemptRow.error_message, AttemptRow.code_sha, AttemptRow.code_dirty, AttemptRow.diff_hash,
+    AttemptRow.gpu, AttemptRow.host, AttemptRow.started_at, AttemptRow.finished_at,
+)
+
 
 def _step_order(spec: dict[str, Any] | None, first_ids: dict[str, int]) -> dict[str, tuple[int, int]]:
     """Sort key per step: position in the spec's `steps`, else first submission."""
@@ -147,7 +156,7 @@ def attempt_results(conn: Connection, where: sa.ColumnElement[bool]) -> list[Att
     """AttemptResults for the attempts matching `where`, in (run, attempt_no) order."""
     rows = conn.execute(
         sa.select(StudyRow.name.label("study"), RunRow.step_key, RunRow.seed, RunRow.config_hash,
-                  RunRow.config_json, *AttemptRow.__table__.c)
+                  RunRow.config_json, *_ATTEMPT_RESULT)
         .join(RunRow, RunRow.id == AttemptRow.run_id)
         .join(StudyRow, StudyRow.id == RunRow.study_id)
         .where(where)

@@ -10,6 +10,7 @@ transaction. Methods take `now` (aware UTC) so tests drive time with a fake cloc
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -17,7 +18,6 @@ from typing import Any, NoReturn
 
 import sqlalchemy as sa
 from sqlalchemy import exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator.core import states
@@ -103,6 +103,50 @@ def worker_slot(worker_id: str) -> str:
     return head if sep and ":" in head and pid.isdigit() else worker_id
 
 
+def _claim_cte(picked: Any, worker_id: str, now: datetime, expires: datetime,
+               payload: dict[str, Any]) -> sa.Select[Any]:
+    """PostgreSQL's claim as one statement: lease the picked row, append its `claimed`
+    event, return the attempt with its run, study and previous artifact directory."""
+    claimed = (
+        sa.update(AttemptRow)
+        .where(AttemptRow.id == picked.c.id, _lit(QUEUED))
+        .values(state=CLAIMED, worker_id=worker_id, claimed_at=now, heartbeat_at=now,
+                lease_expires_at=expires)
+        .returning(AttemptRow.id, AttemptRow.run_id, AttemptRow.attempt_no)
+        .cte("claimed")
+    )
+    events = EventRow.__table__.c
+    event = (
+        sa.insert(EventRow)
+        .from_select(["attempt_id", "at", "kind", "payload_json"], sa.select(
+            claimed.c.id, sa.bindparam("ev_at", now, type_=events.at.type),
+            sa.literal("claimed", sa.String()),
+            sa.bindparam("ev_payload", finite_json(payload), type_=events.payload_json.type)))
+        .returning(EventRow.id)
+        .cte("claimed_event")
+    )
+    previous = (
+        sa.select(AttemptRow.artifact_dir)
+        .where(AttemptRow.run_id == claimed.c.run_id, AttemptRow.attempt_no <= claimed.c.attempt_no,
+               AttemptRow.artifact_dir.is_not(None))
+        .order_by(AttemptRow.attempt_no.desc()).limit(1)
+        .correlate(claimed)
+        .scalar_subquery()
+    )
+    fresh = sa.exists().where(EventRow.attempt_id == claimed.c.id,
+                              EventRow.kind == FRESH_START).correlate(claimed)
+    return (
+        sa.select(claimed.c.id, claimed.c.run_id, claimed.c.attempt_no, StudyRow.name,
+                  RunRow.step_key, RunRow.seed, RunRow.config_json, RunRow.config_hash,
+                  RunRow.budget_seconds, RunRow.max_attempts, previous.label("previous"),
+                  fresh.label("fresh"))
+        .select_from(claimed)
+        .join(RunRow, RunRow.id == claimed.c.run_id)
+        .join(StudyRow, StudyRow.id == RunRow.study_id)
+        .add_cte(event)
+    )
+
+
 class QueueRepo:
     """The queue's repository over `engine` (see the module docstring for the guarantees)."""
 
@@ -112,6 +156,10 @@ class QueueRepo:
         self.dialect = engine.dialect.name
         self.read_only = is_read_only(engine)
         """Opened from a read-only SQLite URL: reads work, writes fail with one line."""
+        self._last_reap: datetime | None = None
+        self._lock_path: str | None = None
+        if self.dialect == "sqlite" and engine.url.database:
+            self._lock_path = f"{engine.url.database}-claims.lock"
 
     @classmethod
     def open(cls, url: str, *, check_schema: bool = True) -> QueueRepo:
@@ -163,7 +211,14 @@ class QueueRepo:
         return QueueError(f"database {self.label}: {text}")
 
     def _insert(self, row: type[Any]) -> Any:
-        return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(row)
+        # imported here: the other backend's dialect module stays unloaded (startup cost)
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(row)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(row)
 
     @staticmethod
     def _event(conn: Connection, attempt_ids: Sequence[int], now: datetime, kind: str,
@@ -295,15 +350,37 @@ class QueueRepo:
 
     # -- claim and leases ---------------------------------------------------------------
 
+    REAP_EVERY = timedelta(seconds=1)
+    """A claim reaps expired leases at most this often (by the `now` it is given) per repo,
+    and always when it finds nothing queued: a lease lasts minutes, so a lost attempt is
+    re-queued at most a second late while a claim costs one statement, not two."""
+
     def claim(self, worker_id: str, now: datetime, lease: timedelta, *,
               code_sha: str | None = None, study: str | None = None) -> ClaimedAttempt | None:
         """Lease the next queued attempt (priority desc, id) to `worker_id`, or None.
 
-        Reaps expired leases first. The claim is one atomic UPDATE over a `FOR UPDATE SKIP
-        LOCKED` subquery on PostgreSQL, under `BEGIN IMMEDIATE` on SQLite. Studies pinned to
-        a commit are only claimed by a worker whose `code_sha` matches; with `study`, only
-        that study's attempts are claimed."""
+        Reaps expired leases first (amortised: see REAP_EVERY). PostgreSQL: one statement,
+        a CTE that picks with `FOR UPDATE SKIP LOCKED`, updates the lease, appends the
+        `claimed` event and returns what the worker needs. SQLite: the same steps under
+        `BEGIN IMMEDIATE`, claimers of one database file queued on a file lock (woken in
+        order, where SQLite's busy handler would sleep up to 100 ms per retry). Studies
+        pinned to a commit are only claimed by a worker whose `code_sha` matches; with `study`,
+        only that study's attempts are claimed. An attempt queued with a fresh start
+        (`recip resume --fresh`) gets no previous artifact directory."""
         now = _aware(now)
+        reap = self._last_reap is None or now - self._last_reap >= self.REAP_EVERY \
+            or now < self._last_reap
+        got = self._claim_once(worker_id, now, lease, code_sha, study, reap=reap)
+        if got is None and not reap:  # an empty queue may hide an expired lease
+            got = self._claim_once(worker_id, now, lease, code_sha, study, reap=True)
+        if got is not None:
+            logger.info("attempt claimed", extra={"action": "attempt_claimed",
+                                                  "attempt": got.attempt_id, "worker": worker_id})
+        return got
+
+    def _claim_once(self, worker_id: str, now: datetime, lease: timedelta,
+                    code_sha: str | None, study: str | None, *, reap: bool
+                    ) -> ClaimedAttempt | None:
         eligible = StudyRow.code_policy != "pinned"
         if code_sha is not None:  # pinned_sha may be abbreviated (hex only: no LIKE wildcards)
             eligible = sa.or_(eligible, sa.literal(code_sha).startswith(StudyRow.pinned_sha))
@@ -317,49 +394,80 @@ class QueueRepo:
             .order_by(AttemptRow.priority.desc(), AttemptRow.id)
             .limit(1)
             .with_for_update(skip_locked=True, of=AttemptRow)
-            .scalar_subquery()
         )
         expires = now + lease
-        with self._tx() as conn:
-            self._reap(conn, now)
-            row = conn.execute(
-                sa.update(AttemptRow)
-                .where(AttemptRow.id == pick, _lit(QUEUED))
-                .values(state=CLAIMED, worker_id=worker_id, claimed_at=now, heartbeat_at=now,
-                        lease_expires_at=expires)
-                .returning(AttemptRow.id, AttemptRow.run_id, AttemptRow.attempt_no)
-            ).first()
-            if row is None:
-                return None
-            attempt_id, run_id, attempt_no = row
-            previous = (
-                sa.select(AttemptRow.artifact_dir)
-                .where(AttemptRow.run_id == run_id, AttemptRow.attempt_no <= attempt_no,
-                       AttemptRow.artifact_dir.is_not(None))
-                .order_by(AttemptRow.attempt_no.desc()).limit(1)
-                .scalar_subquery()
-            )
-            fresh = sa.exists().where(EventRow.attempt_id == attempt_id,
-                                      EventRow.kind == FRESH_START)
-            info = conn.execute(
-                sa.select(StudyRow.name, RunRow.step_key, RunRow.seed, RunRow.config_json,
-                          RunRow.config_hash, RunRow.budget_seconds, RunRow.max_attempts,
-                          previous.label("previous"), fresh.label("fresh"))
-                .join(StudyRow, StudyRow.id == RunRow.study_id)
-                .where(RunRow.id == run_id)
-            ).one()
-            self._event(conn, [attempt_id], now, "claimed",
-                        {"worker": worker_id, "lease_expires_at": expires.isoformat()})
-        logger.info("attempt claimed", extra={"action": "attempt_claimed", "attempt": attempt_id,
-                                              "worker": worker_id})
+        payload = {"worker": worker_id, "lease_expires_at": expires.isoformat()}
+        with self._claim_lock(), self._tx() as conn:
+            if reap:
+                self._reap(conn, now)
+                self._last_reap = now
+            if self.dialect == "postgresql":
+                row = conn.execute(_claim_cte(pick.cte("picked"), worker_id, now, expires,
+                                              payload)).first()
+                if row is None:
+                    return None
+            else:
+                row = self._claim_steps(conn, pick.scalar_subquery(), worker_id, now, expires,
+                                        payload)
+                if row is None:
+                    return None
         return ClaimedAttempt(
-            attempt_id=attempt_id, attempt_no=attempt_no, run_id=run_id, study=info.name,
-            step=info.step_key, seed=info.seed, config=info.config_json,
-            config_hash=info.config_hash, budget_seconds=info.budget_seconds,
-            max_attempts=info.max_attempts,
-            previous_artifact_dir=None if info.fresh else info.previous,
+            attempt_id=row.id, attempt_no=row.attempt_no, run_id=row.run_id, study=row.name,
+            step=row.step_key, seed=row.seed, config=row.config_json,
+            config_hash=row.config_hash, budget_seconds=row.budget_seconds,
+            max_attempts=row.max_attempts,
+            previous_artifact_dir=None if row.fresh else row.previous,
             lease_expires_at=expires,
         )
+
+    def _claim_steps(self, conn: Connection, pick: Any, worker_id: str, now: datetime,
+                     expires: datetime, payload: dict[str, Any]) -> Any:
+        """SQLite's claim: update, read the run, append the event (one write transaction)."""
+        claimed = conn.execute(
+            sa.update(AttemptRow)
+            .where(AttemptRow.id == pick, _lit(QUEUED))
+            .values(state=CLAIMED, worker_id=worker_id, claimed_at=now, heartbeat_at=now,
+                    lease_expires_at=expires)
+            .returning(AttemptRow.id, AttemptRow.run_id, AttemptRow.attempt_no)
+        ).first()
+        if claimed is None:
+            return None
+        previous = (
+            sa.select(AttemptRow.artifact_dir)
+            .where(AttemptRow.run_id == claimed.run_id, AttemptRow.attempt_no <= claimed.attempt_no,
+                   AttemptRow.artifact_dir.is_not(None))
+            .order_by(AttemptRow.attempt_no.desc()).limit(1)
+            .scalar_subquery()
+        )
+        fresh = sa.exists().where(EventRow.attempt_id == claimed.id, EventRow.kind == FRESH_START)
+        row = conn.execute(
+            sa.select(sa.literal(claimed.id).label("id"),
+                      sa.literal(claimed.run_id).label("run_id"),
+                      sa.literal(claimed.attempt_no).label("attempt_no"),
+                      StudyRow.name, RunRow.step_key, RunRow.seed, RunRow.config_json,
+                      RunRow.config_hash, RunRow.budget_seconds, RunRow.max_attempts,
+                      previous.label("previous"), fresh.label("fresh"))
+            .join(StudyRow, StudyRow.id == RunRow.study_id)
+            .where(RunRow.id == claimed.run_id)
+        ).one()
+        self._event(conn, [claimed.id], now, "claimed", payload)
+        return row
+
+    @contextmanager
+    def _claim_lock(self) -> Iterator[None]:
+        """On SQLite, claimers of one file wait for each other on an flock (FIFO-ish wake-up
+        at release); elsewhere nothing."""
+        if self._lock_path is None:
+            yield
+            return
+        import fcntl
+
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def reap_expired(self, now: datetime) -> list[int]:
         """Mark leased attempts whose lease expired `lost`, queue their runs' next attempts

@@ -180,6 +180,8 @@ class EventRow(Base):
 
 class MetricRow(Base):
     __tablename__ = "metrics"
+    # covering read of a series (value in the key): migration 0002
+    __table_args__ = (sa.Index("ix_metrics_series", "attempt_id", "name", "step", "value"),)
 
     attempt_id: Mapped[int] = mapped_column(
         sa.ForeignKey("attempts.id", ondelete="CASCADE"), primary_key=True

@@ -181,3 +181,30 @@ def test_status_shows_the_reports_flags(study: str, capsys: pytest.CaptureFixtur
     assert run(["status", "--json", "--db", study]) == 0
     runs = {r["step"]: r for r in json.loads(capsys.readouterr().out)["studies"][0]["runs"]}
     assert any("diverged" in f for f in runs["V1"]["flags"]) and runs["V0"]["flags"] == []
+
+
+def test_status_json_equals_the_dataclass_tree(tmp_path):
+    """snapshot_json's field walk gives exactly what dataclasses.asdict + ISO dates gave."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from orchestrator.core.views import RunView, Snapshot, StudyView, WorkerView
+
+    t = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    snap = Snapshot(taken_at=t, db="sqlite:///x.db", studies=(StudyView(
+        name="s", description="d", created_at=t, counts={"queued": 1},
+        runs=(RunView(study="s", step="V0", seed=1, run_id=1, config_hash="h", heartbeat_at=t,
+                      flags=("retried", "code_dirty"), loss=1.5),)),),
+        workers=(WorkerView(id="w", host="h", gpu=None, pid=1, started_at=t,
+                            last_heartbeat=t, stopped_at=None),))
+
+    def iso(v):
+        if isinstance(v, datetime):
+            return v.isoformat()
+        if isinstance(v, dict):
+            return {k: iso(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [iso(x) for x in v]
+        return v
+
+    assert snapshot_json(snap) == iso(dataclasses.asdict(snap))

@@ -48,3 +48,22 @@ def test_sqlite_prefix_read_narrows_the_metrics_key(sqlite_url):
     finally:
         engine.dispose()
     assert "(attempt_id=? AND name>? AND name<?)" in plan, plan
+
+
+def test_sqlite_series_read_is_a_covering_index_scan(sqlite_url):
+    """The series query (values included) never looks rows up in the table: migration 0002's
+    (attempt_id, name, step, value) index covers it."""
+    engine = sa.create_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            query = (sa.select(MetricRow.attempt_id, MetricRow.name, MetricRow.step,
+                               MetricRow.value)
+                     .where(MetricRow.attempt_id.in_([1, 2]))
+                     .where(sa.or_(MetricRow.name.in_(["val_loss"]),
+                                   reads._name_prefix(conn, "stats/")))
+                     .order_by(MetricRow.attempt_id, MetricRow.name, MetricRow.step))
+            sql = query.compile(conn, compile_kwargs={"literal_binds": True})
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    finally:
+        engine.dispose()
+    assert "COVERING INDEX ix_metrics_series" in plan, plan

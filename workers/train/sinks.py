@@ -68,7 +68,15 @@ class TeeSink:
 
 
 class WandbSink:
-    """W&B run for one attempt; mode offline (default) or online; never prompts to log in."""
+    """W&B run for one attempt; mode offline (default) or online; never prompts to log in.
+
+    Off the start path: `wandb` is imported and `wandb.init` (0.5-2.3 s, the service start
+    included) runs in a background thread, so the first training step does not wait for it.
+    Records logged meanwhile queue up and reach the run in order; every W&B call happens on
+    that thread. A failed init is raised by the next `log` or by `close`, like before but
+    without blocking the trainer. `close` drains the queue, finishes the run and joins."""
+
+    _STOP = object()
 
     def __init__(self, *, run_id: str, name: str, study: str, step: str, mode: str = "offline",
                  project: str | None = None, entity: str | None = None, directory: str | Path = ".",
@@ -76,19 +84,47 @@ class WandbSink:
         """`run_id` and `name` come from `orchestrator.core.ids` (the caller builds them:
         this module never imports the orchestrator)."""
         assert mode in ("offline", "online"), f"WandbSink mode {mode!r}; disabled = do not create one"
-        import wandb
+        import queue
+        import threading
 
         self.run_id = run_id
         Path(directory).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(
-            id=self.run_id, project=project or study, entity=entity, name=name,
-            group=step, tags=tags or [], config=config or {}, dir=str(directory),
-            mode=mode,  # type: ignore[arg-type]  # asserted offline/online above
-            resume="allow", reinit="create_new", settings=wandb.Settings(silent=True, console="off"),
-        )
+        self.run: Any = None
+        self.error: BaseException | None = None
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        init = dict(id=self.run_id, project=project or study, entity=entity,
+                    name=name, group=step, tags=tags or [],
+                    config=config or {}, dir=str(directory), mode=mode, resume="allow",
+                    reinit="create_new")
+        self._thread = threading.Thread(target=self._serve, args=(init,), name="wandb-sink",
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self, init: dict[str, Any]) -> None:
+        try:
+            import wandb
+
+            self.run = wandb.init(**init, settings=wandb.Settings(silent=True, console="off"))
+            while (item := self._queue.get()) is not self._STOP:
+                values, step = item
+                self.run.log(values, step=step)
+            self.run.finish()
+        except BaseException as e:  # noqa: BLE001 - handed to the trainer's thread
+            self.error = e
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise RuntimeError(f"W&B run {self.run_id}: {type(err).__name__}: {err}") from err
 
     def log(self, it: int, tokens: int, train_s: float, values: MetricValues) -> None:
-        self.run.log({**values, "tokens": tokens, "train_s": train_s}, step=int(it))
+        self._raise()
+        self._queue.put(({**values, "tokens": tokens, "train_s": train_s}, int(it)))
 
     def close(self) -> None:
-        self.run.finish()
+        if not self._closed:
+            self._closed = True
+            self._queue.put(self._STOP)
+            self._thread.join()
+        self._raise()

@@ -15,7 +15,8 @@ def test_commands_for_each_benchmark():
     assert entry.command("memory", True, ["--sizes", "tiny"]) == [
         sys.executable, "-m", "bench.memory_bench", "--quick", "--sizes", "tiny"]
     assert entry.command("status", False, []) == [sys.executable, "-m", "bench.status_bench"]
-    assert set(entry.BENCHES) == {"train", "mechanisms", "memory", "queue", "status", "report", "overhead", "plan"}
+    assert set(entry.BENCHES) == {"cli", "train", "mechanisms", "memory", "queue", "status", "report",
+                                  "overhead", "gpu", "plan"}
 
 
 def test_unknown_benchmark_is_a_usage_error(capsys):
