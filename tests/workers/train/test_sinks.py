@@ -53,13 +53,14 @@ def test_wandb_sink_starts_off_the_callers_path_and_keeps_record_order(tmp_path,
 
     fake = types.SimpleNamespace(init=init, Settings=lambda **k: k)
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    sink = WandbSink(study="s", step="V0", seed=1, attempt=2, directory=tmp_path)
+    sink = WandbSink(run_id="00000000000000aa", name="s/V0/seed1/attempt2", study="s", step="V0",
+                     directory=tmp_path)
     sink.log(1, 10, 0.1, {"loss": 3.0})  # init still blocked: the caller is not
     sink.log(2, 20, 0.2, {"loss": 2.0})
     assert not any(c[0] == "log" for c in calls)
     release.set()
     sink.close()
-    assert calls == [("init", wandb_run_id("s", "V0", 1, 2)),
+    assert calls == [("init", "00000000000000aa"),
                      ("log", 1, 3.0, "wandb-sink"), ("log", 2, 2.0, "wandb-sink"), ("finish",)]
 
 
@@ -72,7 +73,8 @@ def test_wandb_sink_init_failure_surfaces_on_the_next_log(tmp_path, monkeypatch)
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init,
                                                                     Settings=lambda **k: k))
-    sink = WandbSink(study="s", step="V0", seed=1, attempt=1, directory=tmp_path)
+    sink = WandbSink(run_id="00000000000000ab", name="s/V0/seed1/attempt1", study="s", step="V0",
+                     directory=tmp_path)
     sink._thread.join(10)
     with pytest.raises(RuntimeError, match="no space for the wandb dir"):
         sink.log(1, 10, 0.1, {"loss": 1.0})
