@@ -13,11 +13,11 @@ import math
 
 import pytest
 import torch
-from gen3_helpers import HEAD_DIM, N_EMBD, N_HEAD, T, cfg
 
 from models.context import BlockContext
 from models.mechanisms.h2o import h2o_keep
 from models.mechanisms.kv_prune import Knobs, KVPrunedAttention, heavy_hitter_keep
+from tests.unit.models.gen3_helpers import HEAD_DIM, N_EMBD, N_HEAD, T, cfg
 
 
 def decode_with_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, capacity: int,

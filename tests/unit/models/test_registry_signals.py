@@ -7,10 +7,10 @@ import ast
 from pathlib import Path
 
 import pytest
-from gen3_helpers import cfg
 
 from models import registry
 from models.context import Partner, signals
+from tests.unit.models.gen3_helpers import cfg
 
 MECH_DIR = Path(__file__).resolve().parents[3] / "models" / "mechanisms"
 
