@@ -75,8 +75,8 @@ def check(engine: Engine, url: str) -> None:
     A missing SQLite file is SchemaOutOfDate too (never created here); an unreachable
     server is DatabaseUnavailable. Every message names the fix."""
     fix = f"run `recip db upgrade --db {redact_url(url)}`"
-    if engine.dialect.name == "sqlite":
-        path = sqlite_path(engine.url)
+    if engine.dialect.name == "sqlite":  # the URL as given (a ?mode=ro engine's is file:...)
+        path = sqlite_path(parse_url(url))
         if not path.exists():
             raise SchemaOutOfDate(f"no database at {path}: {fix} to create it")
     try:

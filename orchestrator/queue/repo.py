@@ -158,7 +158,7 @@ class QueueRepo:
         """Opened from a read-only SQLite URL: reads work, writes fail with one line."""
         self._last_reap: datetime | None = None
         self._lock_path: str | None = None
-        if self.dialect == "sqlite" and engine.url.database:
+        if self.dialect == "sqlite" and engine.url.database and not self.read_only:
             self._lock_path = f"{engine.url.database}-claims.lock"
 
     @classmethod

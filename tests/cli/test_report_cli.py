@@ -69,7 +69,7 @@ def test_x_axis_option(sqlite_url, fake_clock, tmp_path, capsys) -> None:
     _study(sqlite_url, fake_clock)
     plots = tmp_path / "plots"
     assert run(["report", "ra_mla_reciprocal", "--plot", str(plots), "--x-axis", "iteration",
-                "-f", "json", "--db", sqlite_url]) == 0
+                "--format", "json", "--db", sqlite_url]) == 0
     assert (plots / "curves.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     assert run(["report", "ra_mla_reciprocal", "--x-axis", "seconds", "--db", sqlite_url]) == 2

@@ -97,5 +97,5 @@ def test_a_step_id_with_a_newline_never_becomes_a_directory(repo: QueueRepo,
     runner = FakeRunner(clock)
     [out] = make_loop(repo, tmp_path, clock, runner, max_attempts=1).run().outcomes
     assert (out.state, out.failure_kind) == ("failed", "spawn")
-    assert "unsafe name 'V0\\n'" in (out.error or "")
+    assert "unsafe step name 'V0\\n'" in (out.error or "")
     assert runner.spawns == [] and not (tmp_path / "runs" / "wt" / "V0\n").exists()

@@ -43,14 +43,16 @@ def test_a_lost_attempt_resumes_on_another_box_from_the_stored_checkpoint(
         repo: QueueRepo, tmp_path: Path, store: str) -> None:
     storage = str(tmp_path / "shared") if store == "path" else f"memory://recip-{id(repo)}"
     clock = FakeClock()
-    repo.submit(plan(), clock.now())
+    study = plan()
+    repo.submit(study, clock.now())
+    run = f"wt/V0/seed1/{study.runs[0].config_hash[:12]}-run1"  # ids.attempt_dir's layout
     box_a, box_b = tmp_path / "a", tmp_path / "b"
     runner = FakeRunner(clock)
     # box A checkpoints at 1.5 s (uploaded from the 2 s poll, recorded at the 3 s heartbeat),
     # then stalls past its lease: another process reaps it
     reap = (3.5, lambda: repo.reap_expired(clock.now() + timedelta(seconds=60)))
     runner.default = Script(iters=10, hooks=[(1.5, write_checkpoint(runner, b"iter 15")),
-                                             (2.6, uploaded(storage, "wt/V0/seed1/attempt1")),
+                                             (2.6, uploaded(storage, f"{run}/attempt1")),
                                              reap])
     [lost] = make_loop(repo, box_a, clock, runner, max_attempts=1,
                        storage=storage).run().outcomes
@@ -65,10 +67,10 @@ def test_a_lost_attempt_resumes_on_another_box_from_the_stored_checkpoint(
     assert resumed is not None and resumed.is_relative_to(box_b)
     assert (resumed / artifacts.CHECKPOINT).read_bytes() == b"iter 15"
     [event] = [e for e in repo.events(lost.attempt_id) if e["kind"] == "checkpoint"]
-    assert event["payload"]["uri"].endswith("wt/V0/seed1/attempt1/checkpoint.pt")
+    assert event["payload"]["uri"].endswith(f"{run}/attempt1/checkpoint.pt")
     # the finished attempt's artifacts are in storage too
     st = Storage(storage)
-    assert st.fs.exists(f"{st.root}/wt/V0/seed1/attempt2/{artifacts.RESULT}")
+    assert st.fs.exists(f"{st.root}/{run}/attempt2/{artifacts.RESULT}")
 
 
 def test_a_preempted_attempt_costs_no_retry_and_resumes_elsewhere(repo: QueueRepo,

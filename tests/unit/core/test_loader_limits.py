@@ -237,8 +237,10 @@ def test_path_guards_match_names_in_full(name: str) -> None:
     from orchestrator.core.spec import DataSection
 
     with pytest.raises(ValueError, match="unsafe"):
-        ids.attempt_dir("study", name, 1, 1)
+        ids.attempt_dir("runs", study="study", step=name, seed=1, config_hash="ab" * 32,
+                        run_id=1, attempt_no=1)
     with pytest.raises(ValueError, match="unsafe"):
-        ids.attempt_dir(name, "V0", 1, 1)
+        ids.attempt_dir("runs", study=name, step="V0", seed=1, config_hash="ab" * 32,
+                        run_id=1, attempt_no=1)
     with pytest.raises(ValueError, match="unknown dataset"):
         DataSection(dataset="kjv\n")
