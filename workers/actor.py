@@ -28,6 +28,9 @@ class ActorSpec:
     cwd: str
     runner_command: tuple[str, ...] | None = None
     env: tuple[tuple[str, str], ...] = ()
+    node_tag: str = ""
+    """`@<node>` when several Ray nodes share one host (`--node`): the slot, and so the
+    quarantine that sticks to `host:slot`, is then that node's own."""
 
 
 class WorkerActor:
@@ -39,7 +42,7 @@ class WorkerActor:
         gpus = ray.get_gpu_ids()
         if gpus:
             slot = f"gpu{','.join(str(g) for g in gpus)}"
-        self.settings = replace(spec.settings, worker_id=default_worker_id(slot))
+        self.settings = replace(spec.settings, worker_id=default_worker_id(slot + spec.node_tag))
         self.loop: WorkerLoop | None = None
         self._stop_requested = False
 

@@ -275,7 +275,8 @@ class WorkerPool:
             storage=c.storage)
         spec = ActorSpec(db_url=c.db_url, settings=settings, slot=slot.name, cwd=os.getcwd(),
                          runner_command=c.runner_command,
-                         env=tuple(sorted(slot_env(slot, c.env).items())))
+                         env=tuple(sorted(slot_env(slot, c.env).items())),
+                         node_tag=f"@{self.node_id[:8]}" if c.node_id and self.node_id else "")
         cls = GpuWorker if slot.gpu else CpuWorker
         opts: dict[str, Any] = {}
         if not slot.gpu:
