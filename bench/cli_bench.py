@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,7 +39,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -288,14 +286,10 @@ def main(argv: list[str] | None = None) -> int:
               f" on {os.cpu_count()} CPUs")
     ok = all(r["fresh_ms"][n] < TARGET_MS for r in results for n in TIMED)
     print(f"target fresh-process status/report < {TARGET_MS:.0f} ms: {'met' if ok else 'MISSED'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "bench": "cli", "target_ms": TARGET_MS, "met": ok, "rounds": args.rounds,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count()},
-        "at": datetime.now(UTC).isoformat(timespec="seconds"), "results": results,
-    }, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    from bench.status_bench import write_results
+
+    write_results(args.out, {"bench": "cli", "target_ms": TARGET_MS, "met": ok,
+                             "rounds": args.rounds}, results)
     return 0 if ok else 1
 
 

@@ -18,22 +18,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import os
-import platform
 import random
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from bench.status_bench import STUDY, insert_metrics, pg_db, populate, sqlite_db, timed
+from bench.status_bench import (
+    STUDY,
+    insert_metrics,
+    pg_db,
+    populate,
+    sqlite_db,
+    timed,
+    write_results,
+)
 from orchestrator.cli.app import run as cli
 from orchestrator.queue.db import make_engine, redact_url
 from orchestrator.queue.repo import QueueRepo
@@ -151,14 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(r["recip_report_ms"] < TARGET_MS for r in results)
     print(f"target recip report < {TARGET_MS:.0f} ms: {'met' if ok else 'MISSED'} "
           f"(load average {load[0]:.1f} on {os.cpu_count()} CPUs)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "bench": "report", "target_ms": TARGET_MS, "met": ok, "repeats": args.repeats,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count(), "load_avg": load[0]},
-        "at": datetime.now(UTC).isoformat(timespec="seconds"), "results": results,
-    }, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_results(args.out, {"bench": "report", "target_ms": TARGET_MS, "met": ok,
+                             "repeats": args.repeats}, results, load_avg=load[0])
     return 0 if ok else 1
 
 

@@ -204,6 +204,20 @@ def pg_db(server: str) -> Iterator[str]:
         admin.dispose()
 
 
+def write_results(out: Path, head: dict[str, Any], results: Any, **machine: Any) -> None:
+    """The benchmark's JSON record at `out`: `head` (bench, target, met, sample size), this
+    machine (python, platform, cpus, plus `machine` extras such as the load average), the time
+    and `results`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        **head,
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": os.cpu_count(), **machine},
+        "at": datetime.now(UTC).isoformat(timespec="seconds"), "results": results,
+    }, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=1000)
@@ -234,14 +248,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['snapshot_plus_render_ms']:>11.1f} {r['recip_status_ms']:>12.1f}")
     ok = all(r["snapshot_plus_render_ms"] < 1000 for r in results)
     print(f"target snapshot + render < 1000 ms: {'met' if ok else 'MISSED'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "bench": "status", "target_ms": 1000, "met": ok, "repeats": args.repeats,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": os.cpu_count()},
-        "at": datetime.now(UTC).isoformat(timespec="seconds"), "results": results,
-    }, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_results(args.out, {"bench": "status", "target_ms": 1000, "met": ok,
+                             "repeats": args.repeats}, results)
     return 0 if ok else 1
 
 
