@@ -16,12 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from orchestrator.core.results import StudyResults
-
-if TYPE_CHECKING:
-    from orchestrator.queue.repo import QueueRepo
 
 OPEN = "inconclusive"
 DEFAULT_MAX_SEEDS = 8
@@ -219,10 +216,9 @@ def until_decided(*, analyse: Callable[[], ReportLike], steps: Callable[[], Sequ
             return Stopped("interrupted", rounds, False, interrupted=True)
 
 
-def study_decision(repo: QueueRepo, study: str, *, cap: int | None = None) -> str | None:
+def study_decision(results: StudyResults, *, cap: int | None = None) -> str | None:
     """The decision line of one study (`4 of 6 comparisons decided; ...`), from the final
     metrics only (no metric series: the equal-budget verdicts), or None without comparisons."""
     from orchestrator.report.analysis import analyze
 
-    results = repo.study_results(study)
     return decision_line(analyze(results), hours_per_seed(results), cap=cap)

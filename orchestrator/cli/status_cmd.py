@@ -17,6 +17,7 @@ from orchestrator.cli.common import DbOption, JsonOption, complete_study, db_url
 from orchestrator.core.errors import UnknownStudy
 
 if TYPE_CHECKING:
+    from orchestrator.core.results import StudyResults
     from orchestrator.core.views import Snapshot
     from orchestrator.queue.repo import QueueRepo
 
@@ -43,8 +44,11 @@ def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
     return out
 
 
-def take_snapshot(repo: QueueRepo, study: str | None, *, reap: bool = True) -> Snapshot:
-    """Reap expired leases, then read the dashboard (UnknownStudy for a bad name)."""
+def take_snapshot(repo: QueueRepo, study: str | None, *, reap: bool = True,
+                  results: dict[str, StudyResults] | None = None) -> Snapshot:
+    """Reap expired leases, then read the dashboard (UnknownStudy for a bad name). Each
+    study's results, read once for the flags, are left in `results` when it is given (the
+    decision line reuses them instead of reading the study again)."""
     now = datetime.now(UTC)
     if study is not None:
         known = repo.study_names()
@@ -63,18 +67,24 @@ def take_snapshot(repo: QueueRepo, study: str | None, *, reap: bool = True) -> S
             say(f"worker{'s' if len(dead) != 1 else ''} {', '.join(dead)} gone (process "
                 "not running): marked stopped")
             snap = repo.snapshot(now, study)
-        return with_analysis_flags(repo, snap)
-    return with_analysis_flags(repo, repo.snapshot(now, study))
+        return with_analysis_flags(repo, snap, results)
+    return with_analysis_flags(repo, repo.snapshot(now, study), results)
 
 
-def with_analysis_flags(repo: QueueRepo, snapshot: Snapshot) -> Snapshot:
+def with_analysis_flags(repo: QueueRepo, snapshot: Snapshot,
+                        results: dict[str, StudyResults] | None = None) -> Snapshot:
     """The snapshot with the report's per-run flags (failures, divergence, throughput
     regressions, expected ranges, commit mismatches) added to each run's queue flags."""
+    if not snapshot.studies:
+        return snapshot  # nothing to analyse: the report modules (scipy) stay unimported
     from orchestrator.report.analysis import flags_for_runs
 
     studies = []
     for view in snapshot.studies:
-        flags = flags_for_runs(repo.study_results(view.name))
+        read = repo.study_results(view.name)
+        if results is not None:
+            results[view.name] = read
+        flags = flags_for_runs(read)
         runs = tuple(
             replace(run, flags=(*run.flags, *(f for f in flags.get((run.step, run.seed), ())
                                               if f not in run.flags)))
@@ -104,7 +114,8 @@ def status(
         from orchestrator.cli import render
 
         if not watch:
-            snap = take_snapshot(repo, study)
+            read: dict[str, StudyResults] = {}
+            snap = take_snapshot(repo, study, results=read)
             if not snap.studies:
                 say(f"no studies in {snap.db}; submit one with `recip queue submit FILE`")
                 return
@@ -112,7 +123,7 @@ def status(
             from orchestrator.cli.decide import study_decision
 
             for view in snap.studies:  # `4 of 6 comparisons decided; V4 vs V3 needs ~4 more`
-                line = study_decision(repo, view.name)
+                line = study_decision(read[view.name])
                 if line:
                     say(f"{view.name}: {line}")
             return

@@ -34,11 +34,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import special as sp
-from scipy import stats as st
 
 Verdict = Literal["better", "worse", "equivalent", "inconclusive"]
 VERDICTS: tuple[Verdict, ...] = ("better", "worse", "equivalent", "inconclusive")
@@ -165,7 +164,8 @@ def obf_spent(t: float, alpha: float) -> float:
     if t <= 0:
         return 0.0
     t = min(t, 1.0)
-    return float(2.0 * st.norm.sf(st.norm.isf(alpha / 2.0) / math.sqrt(t)))
+    # Phi^-1(1 - alpha/2) = ndtri; 2 - 2 Phi(z) = 2 ndtr(-z)
+    return float(2.0 * sp.ndtr(-float(sp.ndtri(1.0 - alpha / 2.0)) / math.sqrt(t)))
 
 
 def sequential_alpha(ns: Sequence[int], n_max: int | None, alpha: float) -> float:
@@ -236,6 +236,14 @@ def _decide(delta: float, se: float, df: float, n_a: int, n_b: int, paired: bool
                          lower_is_better=lower_is_better)
 
 
+def _distributions() -> Any:
+    """scipy.stats, imported only for the rare far-tail fallback: the module costs ~0.4 s
+    to import, which every `recip status` would pay (scipy.special has the ufuncs used)."""
+    from scipy import stats
+
+    return stats
+
+
 def _power_diff(delta: float, se: float, df: float, alpha: float) -> float:
     """Power of the two-sided t test at level alpha when the true delta / se is `delta/se`."""
     crit = float(sp.stdtrit(df, 1.0 - alpha / 2.0))
@@ -244,6 +252,7 @@ def _power_diff(delta: float, se: float, df: float, alpha: float) -> float:
         return 1.0
     power = float(1.0 - sp.nctdtr(df, nc, crit) + sp.nctdtr(df, nc, -crit))
     if math.isnan(power):   # the ufunc fails far in the tail; the distribution object may not
+        st = _distributions()
         power = float(st.nct.sf(crit, df, nc) + st.nct.cdf(-crit, df, nc))
     return (1.0 if nc > crit else 0.0) if math.isnan(power) else power
 
@@ -256,6 +265,7 @@ def _power_equiv(delta: float, se: float, df: float, alpha: float, margin: float
         return 1.0
     power = 1.0 - float(sp.nctdtr(df, up, crit) + sp.nctdtr(df, lo, crit))
     if math.isnan(power):
+        st = _distributions()
         power = float(st.nct.sf(crit, df, up) + st.nct.sf(crit, df, lo)) - 1.0
     if math.isnan(power):
         return 1.0 if min(up, lo) > crit else 0.0

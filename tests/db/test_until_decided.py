@@ -91,7 +91,7 @@ def test_a_declared_design_spends_seeds_where_they_decide(repo, fake_clock):
     # look 0 is already a sequential look: at n = 2 nothing is decided, however large
     assert {c.verdict for c in first.values()} == {"inconclusive"}
     assert first["V1"].sequential.startswith("O'Brien-Fleming alpha spending")
-    line = study_decision(repo, "grow")
+    line = study_decision(repo.study_results("grow"))
     assert line is not None and line.startswith("0 of 2 comparisons decided; ")
     assert "GPU-hours" in line
 
