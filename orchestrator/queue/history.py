@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from orchestrator.queue.schema import AttemptRow, EventRow, RunRow, StudyRow
+from orchestrator.queue.schema import ATTEMPTS, EVENTS, RUNS, STUDIES
 
 
 @dataclass(frozen=True)
@@ -100,29 +100,29 @@ def study_history(conn: Connection, study_id: int, steps: Sequence[str] | None =
     """The study's runs (of `steps` / `seed` when given) in submit order, each with every
     attempt in attempt order."""
     s = conn.execute(
-        sa.select(StudyRow.name, StudyRow.spec_hash, StudyRow.code_policy, StudyRow.pinned_sha,
-                  StudyRow.source).where(StudyRow.id == study_id)
+        sa.select(STUDIES.c.name, STUDIES.c.spec_hash, STUDIES.c.code_policy, STUDIES.c.pinned_sha,
+                  STUDIES.c.source).where(STUDIES.c.id == study_id)
     ).one()
-    runs_q = sa.select(RunRow.__table__).where(RunRow.study_id == study_id).order_by(RunRow.id)
+    runs_q = sa.select(RUNS).where(RUNS.c.study_id == study_id).order_by(RUNS.c.id)
     if steps is not None:
-        runs_q = runs_q.where(RunRow.step_key.in_(list(steps)))
+        runs_q = runs_q.where(RUNS.c.step_key.in_(list(steps)))
     if seed is not None:
-        runs_q = runs_q.where(RunRow.seed == seed)
+        runs_q = runs_q.where(RUNS.c.seed == seed)
     runs = conn.execute(runs_q).all()
     run_ids = [r.id for r in runs]
     attempts: dict[int, list[Any]] = {}
     queued: dict[int, dict[str, Any]] = {}
     if run_ids:
         for a in conn.execute(
-            sa.select(AttemptRow.__table__).where(AttemptRow.run_id.in_(run_ids))
-            .order_by(AttemptRow.run_id, AttemptRow.attempt_no)
+            sa.select(ATTEMPTS).where(ATTEMPTS.c.run_id.in_(run_ids))
+            .order_by(ATTEMPTS.c.run_id, ATTEMPTS.c.attempt_no)
         ):
             attempts.setdefault(a.run_id, []).append(a)
         for attempt_id, payload in conn.execute(
-            sa.select(EventRow.attempt_id, EventRow.payload_json)
-            .join(AttemptRow, AttemptRow.id == EventRow.attempt_id)
-            .where(AttemptRow.run_id.in_(run_ids), EventRow.kind == "queued")
-            .order_by(EventRow.id)
+            sa.select(EVENTS.c.attempt_id, EVENTS.c.payload_json)
+            .join(ATTEMPTS, ATTEMPTS.c.id == EVENTS.c.attempt_id)
+            .where(ATTEMPTS.c.run_id.in_(run_ids), EVENTS.c.kind == "queued")
+            .order_by(EVENTS.c.id)
         ):
             queued.setdefault(attempt_id, dict(payload or {}))
     out = []

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from orchestrator.core.errors import QueueError
 from orchestrator.core.imported import IMPORT_WORKER, IMPORTED_KEY, ImportedRun, is_imported
 from orchestrator.core.states import AttemptState
-from orchestrator.queue.schema import AttemptRow, EventRow, MetricRow, RunRow, StudyRow
+from orchestrator.queue.schema import ATTEMPTS, EVENTS, METRICS, RUNS, STUDIES
 from orchestrator.queue.types import finite_json
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def import_run(repo: QueueRepo, study: str, step: str, run: ImportedRun,
     with repo._tx() as conn:
         repo._lock_study(conn, study)
         sid = repo._study_id(conn, study)
-        spec = conn.execute(sa.select(StudyRow.spec_json).where(StudyRow.id == sid)).scalar_one()
+        spec = conn.execute(sa.select(STUDIES.c.spec_json).where(STUDIES.c.id == sid)).scalar_one()
         spec_steps = spec.get("steps") if isinstance(spec, dict) else None
         if isinstance(spec_steps, dict) and step in spec_steps:
             raise QueueError(f"step {step!r} is a step of study {study!r}'s spec; import the "
@@ -87,8 +87,8 @@ def imported_identities(repo: QueueRepo, study: str) -> dict[str, str]:
     with repo._tx(read_only=True) as conn:
         sid = repo._study_id(conn, study)
         rows = conn.execute(
-            sa.select(RunRow.step_key, RunRow.config_json)
-            .where(RunRow.study_id == sid, RunRow.superseded_at.is_(None))
+            sa.select(RUNS.c.step_key, RUNS.c.config_json)
+            .where(RUNS.c.study_id == sid, RUNS.c.superseded_at.is_(None))
         ).all()
     return {str(cfg[IMPORTED_KEY].get("identity")): step for step, cfg in rows if is_imported(cfg)}
 
@@ -100,27 +100,27 @@ def attempt_dirs(repo: QueueRepo, study: str, steps: Sequence[str] | None = None
         sid = repo._study_id(conn, study)
         repo._check_steps(conn, sid, study, steps)
         query = (
-            sa.select(AttemptRow.id, RunRow.step_key, RunRow.seed, AttemptRow.attempt_no,
-                      AttemptRow.state, AttemptRow.artifact_dir)
-            .join(RunRow, RunRow.id == AttemptRow.run_id)
-            .where(RunRow.study_id == sid, AttemptRow.artifact_dir.is_not(None))
-            .order_by(RunRow.id, AttemptRow.attempt_no)
+            sa.select(ATTEMPTS.c.id, RUNS.c.step_key, RUNS.c.seed, ATTEMPTS.c.attempt_no,
+                      ATTEMPTS.c.state, ATTEMPTS.c.artifact_dir)
+            .join(RUNS, RUNS.c.id == ATTEMPTS.c.run_id)
+            .where(RUNS.c.study_id == sid, ATTEMPTS.c.artifact_dir.is_not(None))
+            .order_by(RUNS.c.id, ATTEMPTS.c.attempt_no)
         )
         if steps is not None:
-            query = query.where(RunRow.step_key.in_(list(steps)))
+            query = query.where(RUNS.c.step_key.in_(list(steps)))
         return [AttemptDir(attempt_id=r[0], step=r[1], seed=r[2], attempt_no=r[3], state=r[4],
                            artifact_dir=str(r[5])) for r in conn.execute(query)]
 
 
 def _find(conn: Connection, sid: int, identity: str) -> tuple[int, str, int, int] | None:
     rows = conn.execute(
-        sa.select(RunRow.id, RunRow.step_key, RunRow.seed, RunRow.config_json)
-        .where(RunRow.study_id == sid, RunRow.superseded_at.is_(None))
+        sa.select(RUNS.c.id, RUNS.c.step_key, RUNS.c.seed, RUNS.c.config_json)
+        .where(RUNS.c.study_id == sid, RUNS.c.superseded_at.is_(None))
     ).all()
     for run_id, step, seed, cfg in rows:
         if is_imported(cfg) and cfg[IMPORTED_KEY].get("identity") == identity:
             attempt = conn.execute(
-                sa.select(sa.func.max(AttemptRow.id)).where(AttemptRow.run_id == run_id)
+                sa.select(sa.func.max(ATTEMPTS.c.id)).where(ATTEMPTS.c.run_id == run_id)
             ).scalar_one()
             return int(run_id), str(step), int(seed), int(attempt or 0)
     return None
@@ -130,22 +130,22 @@ def _store(conn: Connection, sid: int, study: str, step: str, run: ImportedRun,
            now: datetime) -> ImportOutcome:
     chash = run.config_hash
     superseded = list(conn.execute(
-        sa.update(RunRow)
-        .where(RunRow.study_id == sid, RunRow.step_key == step, RunRow.seed == run.seed,
-               RunRow.superseded_at.is_(None))
+        sa.update(RUNS)
+        .where(RUNS.c.study_id == sid, RUNS.c.step_key == step, RUNS.c.seed == run.seed,
+               RUNS.c.superseded_at.is_(None))
         .values(superseded_at=now)
-        .returning(RunRow.id)
+        .returning(RUNS.c.id)
     ).scalars())
     run_id = conn.execute(
-        sa.select(RunRow.id).where(RunRow.study_id == sid, RunRow.step_key == step,
-                                   RunRow.seed == run.seed, RunRow.config_hash == chash)
+        sa.select(RUNS.c.id).where(RUNS.c.study_id == sid, RUNS.c.step_key == step,
+                                   RUNS.c.seed == run.seed, RUNS.c.config_hash == chash)
     ).scalar_one_or_none()
     if run_id is not None:  # imported before, then superseded: make it current again
-        conn.execute(sa.update(RunRow).where(RunRow.id == run_id).values(superseded_at=None))
+        conn.execute(sa.update(RUNS).where(RUNS.c.id == run_id).values(superseded_at=None))
         attempt_id = conn.execute(
-            sa.select(sa.func.max(AttemptRow.id)).where(AttemptRow.run_id == run_id)
+            sa.select(sa.func.max(ATTEMPTS.c.id)).where(ATTEMPTS.c.run_id == run_id)
         ).scalar_one()
-        conn.execute(sa.insert(EventRow).values(
+        conn.execute(sa.insert(EVENTS).values(
             attempt_id=attempt_id, at=now, kind="imported",
             payload_json={"ref": run.ref, "identity": run.identity, "reactivated": True}))
         return ImportOutcome(study=study, step=step, seed=run.seed, run_id=int(run_id),
@@ -153,17 +153,17 @@ def _store(conn: Connection, sid: int, study: str, step: str, run: ImportedRun,
                              superseded=len(superseded))
     budget = ((run.config.get("train") or {}).get("budget") or {}).get("seconds")
     run_id = conn.execute(
-        sa.insert(RunRow).values(
+        sa.insert(RUNS).values(
             study_id=sid, step_key=step, seed=run.seed, config_hash=chash,
             config_json=finite_json(run.config), parent_step=None,
             description=f"imported from {run.ref}", priority=0, max_attempts=1,
             budget_seconds=float(budget) if isinstance(budget, int | float) else None,
             created_at=now)
-        .returning(RunRow.id)
+        .returning(RUNS.c.id)
     ).scalar_one()
     res = run.result
     attempt_id = conn.execute(
-        sa.insert(AttemptRow).values(
+        sa.insert(ATTEMPTS).values(
             run_id=run_id, attempt_no=1, state=AttemptState.SUCCEEDED.value, priority=0,
             worker_id=IMPORT_WORKER, claimed_at=run.started_at or now,
             started_at=run.started_at or now, finished_at=run.finished_at or now,
@@ -174,9 +174,9 @@ def _store(conn: Connection, sid: int, study: str, step: str, run: ImportedRun,
             train_s=_float(res.get("train_s")), val_loss=_float(res.get("final_val_loss")),
             best_val_loss=_float(res.get("best_val_loss")), lr=_float(res.get("final_lr")),
             loss=_float(res.get("final_train_loss")), created_at=now)
-        .returning(AttemptRow.id)
+        .returning(ATTEMPTS.c.id)
     ).scalar_one()
-    conn.execute(sa.insert(EventRow).values(
+    conn.execute(sa.insert(EVENTS).values(
         attempt_id=attempt_id, at=now, kind="imported",
         payload_json={"ref": run.ref, "identity": run.identity, "metrics": len(run.metrics)}))
     unique: dict[tuple[str, int], float | None] = {}
@@ -186,7 +186,7 @@ def _store(conn: Connection, sid: int, study: str, step: str, run: ImportedRun,
     rows = [{"attempt_id": attempt_id, "name": n, "step": s, "value": v}
             for (n, s), v in unique.items()]
     for i in range(0, len(rows), _BATCH):
-        conn.execute(sa.insert(MetricRow), rows[i:i + _BATCH])
+        conn.execute(sa.insert(METRICS), rows[i:i + _BATCH])
     return ImportOutcome(study=study, step=step, seed=run.seed, run_id=int(run_id),
                          attempt_id=int(attempt_id), created=True, metrics=len(rows),
                          superseded=len(superseded))

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from orchestrator.core import ids
 from orchestrator.core.errors import QueueError
 from orchestrator.core.results import SeedLook
-from orchestrator.queue.schema import AttemptRow, EventRow, RunRow, StudyEventRow
+from orchestrator.queue.schema import ATTEMPTS, EVENTS, RUNS, STUDY_EVENTS
 from orchestrator.queue.types import finite_json
 
 SEEDS_ADDED = "seeds_added"
@@ -55,9 +55,9 @@ def current_seeds(conn: Connection, study_id: int) -> dict[str, list[int]]:
     """step -> its current runs' seeds, ascending."""
     out: dict[str, list[int]] = {}
     for step, seed in conn.execute(
-        sa.select(RunRow.step_key, RunRow.seed)
-        .where(RunRow.study_id == study_id, RunRow.superseded_at.is_(None))
-        .order_by(RunRow.step_key, RunRow.seed)
+        sa.select(RUNS.c.step_key, RUNS.c.seed)
+        .where(RUNS.c.study_id == study_id, RUNS.c.superseded_at.is_(None))
+        .order_by(RUNS.c.step_key, RUNS.c.seed)
     ):
         out.setdefault(step, []).append(seed)
     return out
@@ -115,10 +115,10 @@ def add_seeds(conn: Connection, study_id: int, study: str, now: datetime,
         if not new:
             continue
         source_run = conn.execute(
-            sa.select(RunRow.__table__)
-            .where(RunRow.study_id == study_id, RunRow.step_key == step,
-                   RunRow.superseded_at.is_(None))
-            .order_by(RunRow.seed).limit(1)
+            sa.select(RUNS)
+            .where(RUNS.c.study_id == study_id, RUNS.c.step_key == step,
+                   RUNS.c.superseded_at.is_(None))
+            .order_by(RUNS.c.seed).limit(1)
         ).one()
         for seed in new:
             config = {**source_run.config_json, "seed": seed}
@@ -133,10 +133,10 @@ def add_seeds(conn: Connection, study_id: int, study: str, now: datetime,
     if not rows:
         return SeedsAdded(study=study, added={}, present=present, capped=tuple(capped))
     run_ids = list(conn.execute(
-        sa.insert(RunRow).returning(RunRow.id, sort_by_parameter_order=True), rows
+        sa.insert(RUNS).returning(RUNS.c.id, sort_by_parameter_order=True), rows
     ).scalars())
     attempt_ids = list(conn.execute(
-        sa.insert(AttemptRow).returning(AttemptRow.id, sort_by_parameter_order=True),
+        sa.insert(ATTEMPTS).returning(ATTEMPTS.c.id, sort_by_parameter_order=True),
         [{"run_id": rid, "attempt_no": 1, "state": "queued", "priority": r["priority"],
           "created_at": now} for rid, r in zip(run_ids, rows, strict=True)],
     ).scalars())
@@ -146,11 +146,11 @@ def add_seeds(conn: Connection, study_id: int, study: str, now: datetime,
         "added": {step: list(s) for step, s in added.items()},
     }
     look: int = conn.execute(
-        sa.insert(StudyEventRow).values(study_id=study_id, at=now, kind=SEEDS_ADDED,
+        sa.insert(STUDY_EVENTS).values(study_id=study_id, at=now, kind=SEEDS_ADDED,
                                         payload_json=finite_json(payload))
-        .returning(StudyEventRow.id)
+        .returning(STUDY_EVENTS.c.id)
     ).scalar_one()
-    conn.execute(sa.insert(EventRow), [
+    conn.execute(sa.insert(EVENTS), [
         {"attempt_id": a, "at": now, "kind": "queued",
          "payload_json": {"reason": "seeds", "look": look, "source": source}}
         for a in attempt_ids
@@ -167,13 +167,13 @@ def declare_design(conn: Connection, study_id: int, now: datetime, steps: Sequen
         raise QueueError(f"max_seeds must be at least 1, got {max_seeds}")
     wanted = {"steps": list(steps), "max_seeds": max_seeds}
     for payload in conn.execute(
-        sa.select(StudyEventRow.payload_json)
-        .where(StudyEventRow.study_id == study_id, StudyEventRow.kind == DESIGN)
+        sa.select(STUDY_EVENTS.c.payload_json)
+        .where(STUDY_EVENTS.c.study_id == study_id, STUDY_EVENTS.c.kind == DESIGN)
     ).scalars():
         body = payload or {}
         if {k: body.get(k) for k in wanted} == wanted:
             return False
-    conn.execute(sa.insert(StudyEventRow).values(
+    conn.execute(sa.insert(STUDY_EVENTS).values(
         study_id=study_id, at=now, kind=DESIGN, payload_json={**wanted, "source": source}))
     return True
 
@@ -184,10 +184,10 @@ def study_looks(conn: Connection, study_id: int) -> tuple[SeedLook, ...]:
     distinct seed set (all with its time)."""
     out: list[SeedLook] = []
     for at, kind, payload in conn.execute(
-        sa.select(StudyEventRow.at, StudyEventRow.kind, StudyEventRow.payload_json)
-        .where(StudyEventRow.study_id == study_id,
-               StudyEventRow.kind.in_((SEEDS_ADDED, DESIGN)))
-        .order_by(StudyEventRow.at, StudyEventRow.id)
+        sa.select(STUDY_EVENTS.c.at, STUDY_EVENTS.c.kind, STUDY_EVENTS.c.payload_json)
+        .where(STUDY_EVENTS.c.study_id == study_id,
+               STUDY_EVENTS.c.kind.in_((SEEDS_ADDED, DESIGN)))
+        .order_by(STUDY_EVENTS.c.at, STUDY_EVENTS.c.id)
     ):
         body: dict[str, Any] = payload or {}
         if kind == DESIGN:

@@ -21,7 +21,7 @@ from orchestrator.core.states import LEASED as _LEASED
 from orchestrator.core.states import values
 from orchestrator.core.views import RunView, Snapshot, StudyView, WorkerView
 from orchestrator.queue.looks import study_looks
-from orchestrator.queue.schema import AttemptRow, EventRow, MetricRow, RunRow, StudyRow, WorkerRow
+from orchestrator.queue.schema import ATTEMPTS, EVENTS, METRICS, RUNS, STUDIES, WORKERS
 from orchestrator.queue.types import AttemptRef
 
 LEASED = values(_LEASED)
@@ -29,21 +29,21 @@ RECENT_WORKERS = timedelta(minutes=10)
 _ERROR_MAX = 300
 
 _ATTEMPT_VIEW = (
-    AttemptRow.run_id, AttemptRow.id, AttemptRow.attempt_no, AttemptRow.state,
-    AttemptRow.failure_kind, AttemptRow.worker_id, AttemptRow.iter, AttemptRow.tokens,
-    AttemptRow.train_s, AttemptRow.fraction, AttemptRow.loss, AttemptRow.val_loss,
-    AttemptRow.best_val_loss, AttemptRow.heartbeat_at, AttemptRow.lease_expires_at,
-    AttemptRow.finished_at, AttemptRow.error_type, AttemptRow.error_message,
-    AttemptRow.code_sha, AttemptRow.code_dirty,
+    ATTEMPTS.c.run_id, ATTEMPTS.c.id, ATTEMPTS.c.attempt_no, ATTEMPTS.c.state,
+    ATTEMPTS.c.failure_kind, ATTEMPTS.c.worker_id, ATTEMPTS.c.iter, ATTEMPTS.c.tokens,
+    ATTEMPTS.c.train_s, ATTEMPTS.c.fraction, ATTEMPTS.c.loss, ATTEMPTS.c.val_loss,
+    ATTEMPTS.c.best_val_loss, ATTEMPTS.c.heartbeat_at, ATTEMPTS.c.lease_expires_at,
+    ATTEMPTS.c.finished_at, ATTEMPTS.c.error_type, ATTEMPTS.c.error_message,
+    ATTEMPTS.c.code_sha, ATTEMPTS.c.code_dirty,
 )
 
 # what an AttemptResult carries: not env_json (the largest JSON column, which no reader of
 # results uses), so a study read decodes one JSON document per attempt less
 _ATTEMPT_RESULT = (
-    AttemptRow.id, AttemptRow.run_id, AttemptRow.attempt_no, AttemptRow.state,
-    AttemptRow.result_json, AttemptRow.failure_kind, AttemptRow.error_type,
-    AttemptRow.error_message, AttemptRow.code_sha, AttemptRow.code_dirty, AttemptRow.diff_hash,
-    AttemptRow.gpu, AttemptRow.host, AttemptRow.started_at, AttemptRow.finished_at,
+    ATTEMPTS.c.id, ATTEMPTS.c.run_id, ATTEMPTS.c.attempt_no, ATTEMPTS.c.state,
+    ATTEMPTS.c.result_json, ATTEMPTS.c.failure_kind, ATTEMPTS.c.error_type,
+    ATTEMPTS.c.error_message, ATTEMPTS.c.code_sha, ATTEMPTS.c.code_dirty, ATTEMPTS.c.diff_hash,
+    ATTEMPTS.c.gpu, ATTEMPTS.c.host, ATTEMPTS.c.started_at, ATTEMPTS.c.finished_at,
 )
 
 
@@ -65,19 +65,19 @@ def _error(error_type: str | None, message: str | None) -> str | None:
 
 def snapshot(conn: Connection, now: datetime, label: str, study: str | None) -> Snapshot:
     """Build the dashboard Snapshot (the caller checked that `study` exists)."""
-    studies_q = sa.select(StudyRow.id, StudyRow.name, StudyRow.description,
-                          StudyRow.created_at, StudyRow.spec_json, StudyRow.code_policy,
-                          StudyRow.pinned_sha).order_by(StudyRow.created_at, StudyRow.id)
-    runs_q = (sa.select(RunRow.id, RunRow.study_id, RunRow.step_key, RunRow.seed,
-                        RunRow.config_hash, RunRow.budget_seconds)
-              .where(RunRow.superseded_at.is_(None)))
-    first_q = sa.select(RunRow.study_id, RunRow.step_key, sa.func.min(RunRow.id)).group_by(
-        RunRow.study_id, RunRow.step_key)
+    studies_q = sa.select(STUDIES.c.id, STUDIES.c.name, STUDIES.c.description,
+                          STUDIES.c.created_at, STUDIES.c.spec_json, STUDIES.c.code_policy,
+                          STUDIES.c.pinned_sha).order_by(STUDIES.c.created_at, STUDIES.c.id)
+    runs_q = (sa.select(RUNS.c.id, RUNS.c.study_id, RUNS.c.step_key, RUNS.c.seed,
+                        RUNS.c.config_hash, RUNS.c.budget_seconds)
+              .where(RUNS.c.superseded_at.is_(None)))
+    first_q = sa.select(RUNS.c.study_id, RUNS.c.step_key, sa.func.min(RUNS.c.id)).group_by(
+        RUNS.c.study_id, RUNS.c.step_key)
     if study is not None:
-        studies_q = studies_q.where(StudyRow.name == study)
-        study_ids = sa.select(StudyRow.id).where(StudyRow.name == study).scalar_subquery()
-        runs_q = runs_q.where(RunRow.study_id == study_ids)
-        first_q = first_q.where(RunRow.study_id == study_ids)
+        studies_q = studies_q.where(STUDIES.c.name == study)
+        study_ids = sa.select(STUDIES.c.id).where(STUDIES.c.name == study).scalar_subquery()
+        runs_q = runs_q.where(RUNS.c.study_id == study_ids)
+        first_q = first_q.where(RUNS.c.study_id == study_ids)
     studies = conn.execute(studies_q).all()
     runs = conn.execute(runs_q).all()
     first: dict[int, dict[str, int]] = {}
@@ -88,8 +88,8 @@ def snapshot(conn: Connection, now: datetime, label: str, study: str | None) -> 
     counts: dict[int, int] = {}
     for row in conn.execute(
         sa.select(*_ATTEMPT_VIEW)
-        .where(AttemptRow.run_id.in_(runs_q.with_only_columns(RunRow.id)))
-        .order_by(AttemptRow.run_id, AttemptRow.attempt_no)
+        .where(ATTEMPTS.c.run_id.in_(runs_q.with_only_columns(RUNS.c.id)))
+        .order_by(ATTEMPTS.c.run_id, ATTEMPTS.c.attempt_no)
     ):
         latest[row.run_id] = row
         counts[row.run_id] = counts.get(row.run_id, 0) + 1
@@ -136,9 +136,9 @@ def snapshot(conn: Connection, now: datetime, label: str, study: str | None) -> 
                                pinned_sha=s.pinned_sha if s.code_policy == "pinned" else None))
 
     workers = conn.execute(
-        sa.select(WorkerRow.__table__)
-        .where(sa.or_(WorkerRow.stopped_at.is_(None), WorkerRow.stopped_at > now - RECENT_WORKERS))
-        .order_by(WorkerRow.id)
+        sa.select(WORKERS)
+        .where(sa.or_(WORKERS.c.stopped_at.is_(None), WORKERS.c.stopped_at > now - RECENT_WORKERS))
+        .order_by(WORKERS.c.id)
     ).all()
     return Snapshot(
         taken_at=now, db=label, studies=tuple(views),
@@ -155,12 +155,12 @@ def snapshot(conn: Connection, now: datetime, label: str, study: str | None) -> 
 def attempt_results(conn: Connection, where: sa.ColumnElement[bool]) -> list[AttemptResult]:
     """AttemptResults for the attempts matching `where`, in (run, attempt_no) order."""
     rows = conn.execute(
-        sa.select(StudyRow.name.label("study"), RunRow.step_key, RunRow.seed, RunRow.config_hash,
-                  RunRow.config_json, *_ATTEMPT_RESULT)
-        .join(RunRow, RunRow.id == AttemptRow.run_id)
-        .join(StudyRow, StudyRow.id == RunRow.study_id)
+        sa.select(STUDIES.c.name.label("study"), RUNS.c.step_key, RUNS.c.seed, RUNS.c.config_hash,
+                  RUNS.c.config_json, *_ATTEMPT_RESULT)
+        .join(RUNS, RUNS.c.id == ATTEMPTS.c.run_id)
+        .join(STUDIES, STUDIES.c.id == RUNS.c.study_id)
         .where(where)
-        .order_by(AttemptRow.run_id, AttemptRow.attempt_no)
+        .order_by(ATTEMPTS.c.run_id, ATTEMPTS.c.attempt_no)
     ).all()
     out = []
     for a in rows:
@@ -179,16 +179,16 @@ def attempt_results(conn: Connection, where: sa.ColumnElement[bool]) -> list[Att
 
 def study_results(conn: Connection, study_id: int) -> StudyResults:
     """StudyResults of one study: every attempt of each current run."""
-    s = conn.execute(sa.select(StudyRow.__table__).where(StudyRow.id == study_id)).one()
+    s = conn.execute(sa.select(STUDIES).where(STUDIES.c.id == study_id)).one()
     first = dict(conn.execute(
-        sa.select(RunRow.step_key, sa.func.min(RunRow.id))
-        .where(RunRow.study_id == study_id).group_by(RunRow.step_key)
+        sa.select(RUNS.c.step_key, sa.func.min(RUNS.c.id))
+        .where(RUNS.c.study_id == study_id).group_by(RUNS.c.step_key)
     ).all())
     order = _step_order(s.spec_json, first)
     listed = list(s.spec_json.get("steps") or {}) if isinstance(s.spec_json.get("steps"), dict) else []
     steps = listed + sorted((k for k in first if k not in listed), key=lambda k: order[k])
     attempts = attempt_results(
-        conn, sa.and_(RunRow.study_id == study_id, RunRow.superseded_at.is_(None))
+        conn, sa.and_(RUNS.c.study_id == study_id, RUNS.c.superseded_at.is_(None))
     )
     attempts.sort(key=lambda a: (order.get(a.step, (0, 0)), a.seed, a.attempt_no))
     return StudyResults(name=s.name, description=s.description, spec=s.spec_json,
@@ -201,12 +201,12 @@ def submit_overrides(conn: Connection, study_id: int) -> dict[str, Any]:
     """The overrides of the newest submit that queued a current run of the study (recorded
     in its `queued` event by `QueueRepo.submit`); {} when there is none."""
     rows = conn.execute(
-        sa.select(EventRow.payload_json)
-        .join(AttemptRow, AttemptRow.id == EventRow.attempt_id)
-        .join(RunRow, RunRow.id == AttemptRow.run_id)
-        .where(RunRow.study_id == study_id, RunRow.superseded_at.is_(None),
-               AttemptRow.attempt_no == 1, EventRow.kind == "queued")
-        .order_by(EventRow.id.desc()).limit(1)
+        sa.select(EVENTS.c.payload_json)
+        .join(ATTEMPTS, ATTEMPTS.c.id == EVENTS.c.attempt_id)
+        .join(RUNS, RUNS.c.id == ATTEMPTS.c.run_id)
+        .where(RUNS.c.study_id == study_id, RUNS.c.superseded_at.is_(None),
+               ATTEMPTS.c.attempt_no == 1, EVENTS.c.kind == "queued")
+        .order_by(EVENTS.c.id.desc()).limit(1)
     ).all()
     payload = rows[0][0] if rows else None
     found = payload.get("overrides") if isinstance(payload, dict) else None
@@ -221,11 +221,11 @@ def _name_prefix(conn: Connection, prefix: str) -> sa.ColumnElement[bool]:
     the matching ones, so a prefix read costs the rows it returns (bench/report_bench.py).
     PostgreSQL keeps the LIKE: under a linguistic collation a range is not a prefix match.
     """
-    like = MetricRow.name.startswith(prefix, autoescape=True)
+    like = METRICS.c.name.startswith(prefix, autoescape=True)
     if conn.dialect.name != "sqlite" or not prefix or ord(prefix[-1]) >= 0x10FFFF:
         return like
     upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return sa.and_(MetricRow.name >= prefix, MetricRow.name < upper, like)
+    return sa.and_(METRICS.c.name >= prefix, METRICS.c.name < upper, like)
 
 
 def metric_series(conn: Connection, attempt_ids: Sequence[int], names: Sequence[str] | None,
@@ -234,12 +234,12 @@ def metric_series(conn: Connection, attempt_ids: Sequence[int], names: Sequence[
     out: MetricSeries = {a: {} for a in attempt_ids}
     if not attempt_ids:
         return out
-    query = (sa.select(MetricRow.attempt_id, MetricRow.name, MetricRow.step, MetricRow.value)
-             .where(MetricRow.attempt_id.in_(list(attempt_ids)))
-             .order_by(MetricRow.attempt_id, MetricRow.name, MetricRow.step))
+    query = (sa.select(METRICS.c.attempt_id, METRICS.c.name, METRICS.c.step, METRICS.c.value)
+             .where(METRICS.c.attempt_id.in_(list(attempt_ids)))
+             .order_by(METRICS.c.attempt_id, METRICS.c.name, METRICS.c.step))
     filters: list[sa.ColumnElement[bool]] = []
     if names is not None:
-        filters.append(MetricRow.name.in_(list(names)))
+        filters.append(METRICS.c.name.in_(list(names)))
     if prefix is not None:
         filters.append(_name_prefix(conn, prefix))
     if filters:
@@ -256,10 +256,10 @@ def find_attempt(conn: Connection, study_id: int, study: str, step: str, seed: i
     and attempt number (default the latest that has an artifact dir, else the latest).
     UnknownStep naming what exists otherwise."""
     rows = conn.execute(
-        sa.select(RunRow.seed, AttemptRow.attempt_no, AttemptRow.id, AttemptRow.artifact_dir,
-                  AttemptRow.state, RunRow.step_key)
-        .join(RunRow, RunRow.id == AttemptRow.run_id)
-        .where(RunRow.study_id == study_id, RunRow.superseded_at.is_(None))
+        sa.select(RUNS.c.seed, ATTEMPTS.c.attempt_no, ATTEMPTS.c.id, ATTEMPTS.c.artifact_dir,
+                  ATTEMPTS.c.state, RUNS.c.step_key)
+        .join(RUNS, RUNS.c.id == ATTEMPTS.c.run_id)
+        .where(RUNS.c.study_id == study_id, RUNS.c.superseded_at.is_(None))
     ).all()
     steps = sorted({r.step_key for r in rows})
     rows = [r for r in rows if r.step_key == step]
@@ -286,7 +286,7 @@ def events(conn: Connection, attempt_id: int) -> list[dict[str, Any]]:
     return [
         {"id": e.id, "at": e.at, "kind": e.kind, "payload": e.payload_json or {}}
         for e in conn.execute(
-            sa.select(EventRow.__table__).where(EventRow.attempt_id == attempt_id)
-            .order_by(EventRow.id)
+            sa.select(EVENTS).where(EVENTS.c.attempt_id == attempt_id)
+            .order_by(EVENTS.c.id)
         )
     ]

@@ -39,12 +39,12 @@ from orchestrator.queue.db import READ_ONLY, describe_error, is_read_only, make_
 from orchestrator.queue.history import StudyHistory
 from orchestrator.queue.looks import SeedsAdded
 from orchestrator.queue.schema import (
-    AttemptRow,
-    EventRow,
-    MetricRow,
-    RunRow,
-    StudyRow,
-    WorkerRow,
+    ATTEMPTS,
+    EVENTS,
+    METRICS,
+    RUNS,
+    STUDIES,
+    WORKERS,
 )
 from orchestrator.queue.types import AttemptRef, ClaimedAttempt, SubmitResult, finite_json
 
@@ -76,8 +76,8 @@ FRESH_START = "fresh_start"
 def _lit(*states: str) -> sa.ColumnElement[bool]:
     """`attempts.state` tested against literals, so partial indexes stay usable."""
     if len(states) == 1:
-        return AttemptRow.state == sa.literal_column(repr(states[0]))
-    return AttemptRow.state.in_([sa.literal_column(repr(s)) for s in states])
+        return ATTEMPTS.c.state == sa.literal_column(repr(states[0]))
+    return ATTEMPTS.c.state.in_([sa.literal_column(repr(s)) for s in states])
 
 
 def _aware(now: datetime) -> datetime:
@@ -108,41 +108,41 @@ def _claim_cte(picked: Any, worker_id: str, now: datetime, expires: datetime,
     """PostgreSQL's claim as one statement: lease the picked row, append its `claimed`
     event, return the attempt with its run, study and previous artifact directory."""
     claimed = (
-        sa.update(AttemptRow)
-        .where(AttemptRow.id == picked.c.id, _lit(QUEUED))
+        sa.update(ATTEMPTS)
+        .where(ATTEMPTS.c.id == picked.c.id, _lit(QUEUED))
         .values(state=CLAIMED, worker_id=worker_id, claimed_at=now, heartbeat_at=now,
                 lease_expires_at=expires)
-        .returning(AttemptRow.id, AttemptRow.run_id, AttemptRow.attempt_no)
+        .returning(ATTEMPTS.c.id, ATTEMPTS.c.run_id, ATTEMPTS.c.attempt_no)
         .cte("claimed")
     )
-    events = EventRow.__table__.c
+    events = EVENTS.c
     event = (
-        sa.insert(EventRow)
+        sa.insert(EVENTS)
         .from_select(["attempt_id", "at", "kind", "payload_json"], sa.select(
             claimed.c.id, sa.bindparam("ev_at", now, type_=events.at.type),
             sa.literal("claimed", sa.String()),
             sa.bindparam("ev_payload", finite_json(payload), type_=events.payload_json.type)))
-        .returning(EventRow.id)
+        .returning(EVENTS.c.id)
         .cte("claimed_event")
     )
     previous = (
-        sa.select(AttemptRow.artifact_dir)
-        .where(AttemptRow.run_id == claimed.c.run_id, AttemptRow.attempt_no <= claimed.c.attempt_no,
-               AttemptRow.artifact_dir.is_not(None))
-        .order_by(AttemptRow.attempt_no.desc()).limit(1)
+        sa.select(ATTEMPTS.c.artifact_dir)
+        .where(ATTEMPTS.c.run_id == claimed.c.run_id, ATTEMPTS.c.attempt_no <= claimed.c.attempt_no,
+               ATTEMPTS.c.artifact_dir.is_not(None))
+        .order_by(ATTEMPTS.c.attempt_no.desc()).limit(1)
         .correlate(claimed)
         .scalar_subquery()
     )
-    fresh = sa.exists().where(EventRow.attempt_id == claimed.c.id,
-                              EventRow.kind == FRESH_START).correlate(claimed)
+    fresh = sa.exists().where(EVENTS.c.attempt_id == claimed.c.id,
+                              EVENTS.c.kind == FRESH_START).correlate(claimed)
     return (
-        sa.select(claimed.c.id, claimed.c.run_id, claimed.c.attempt_no, StudyRow.name,
-                  RunRow.step_key, RunRow.seed, RunRow.config_json, RunRow.config_hash,
-                  RunRow.budget_seconds, RunRow.max_attempts, previous.label("previous"),
+        sa.select(claimed.c.id, claimed.c.run_id, claimed.c.attempt_no, STUDIES.c.name,
+                  RUNS.c.step_key, RUNS.c.seed, RUNS.c.config_json, RUNS.c.config_hash,
+                  RUNS.c.budget_seconds, RUNS.c.max_attempts, previous.label("previous"),
                   fresh.label("fresh"))
         .select_from(claimed)
-        .join(RunRow, RunRow.id == claimed.c.run_id)
-        .join(StudyRow, StudyRow.id == RunRow.study_id)
+        .join(RUNS, RUNS.c.id == claimed.c.run_id)
+        .join(STUDIES, STUDIES.c.id == RUNS.c.study_id)
         .add_cte(event)
     )
 
@@ -210,21 +210,21 @@ class QueueRepo:
             return DatabaseUnavailable(f"database {self.label} unavailable: {text}")
         return QueueError(f"database {self.label}: {text}")
 
-    def _insert(self, row: type[Any]) -> Any:
+    def _insert(self, table: sa.Table) -> Any:
         # imported here: the other backend's dialect module stays unloaded (startup cost)
         if self.dialect == "postgresql":
             from sqlalchemy.dialects import postgresql
 
-            return postgresql.insert(row)
+            return postgresql.insert(table)
         from sqlalchemy.dialects import sqlite
 
-        return sqlite.insert(row)
+        return sqlite.insert(table)
 
     @staticmethod
     def _event(conn: Connection, attempt_ids: Sequence[int], now: datetime, kind: str,
                payload: dict[str, Any] | None = None) -> None:
         if attempt_ids:
-            conn.execute(sa.insert(EventRow), [
+            conn.execute(sa.insert(EVENTS), [
                 {"attempt_id": a, "at": now, "kind": kind, "payload_json": finite_json(payload)}
                 for a in attempt_ids
             ])
@@ -259,22 +259,22 @@ class QueueRepo:
                 "pinned_sha": plan.pinned_sha, "updated_at": now,
             }
             study_id = conn.execute(
-                sa.select(StudyRow.id).where(StudyRow.name == plan.name)
+                sa.select(STUDIES.c.id).where(STUDIES.c.name == plan.name)
             ).scalar_one_or_none()
             created = study_id is None
             if study_id is None:
                 study_id = conn.execute(
-                    sa.insert(StudyRow).values(name=plan.name, created_at=now, **values)
-                    .returning(StudyRow.id)
+                    sa.insert(STUDIES).values(name=plan.name, created_at=now, **values)
+                    .returning(STUDIES.c.id)
                 ).scalar_one()
             else:
-                conn.execute(sa.update(StudyRow).where(StudyRow.id == study_id).values(**values))
+                conn.execute(sa.update(STUDIES).where(STUDIES.c.id == study_id).values(**values))
 
             known: dict[tuple[str, int, str], int] = {}
             current: dict[tuple[str, int], tuple[int, str]] = {}
             for rid, step, seed, chash, superseded in conn.execute(
-                sa.select(RunRow.id, RunRow.step_key, RunRow.seed, RunRow.config_hash,
-                          RunRow.superseded_at).where(RunRow.study_id == study_id)
+                sa.select(RUNS.c.id, RUNS.c.step_key, RUNS.c.seed, RUNS.c.config_hash,
+                          RUNS.c.superseded_at).where(RUNS.c.study_id == study_id)
             ):
                 known[(step, seed, chash)] = rid
                 if superseded is None:
@@ -304,24 +304,24 @@ class QueueRepo:
 
             cancelled: list[int] = []
             if supersede:
-                conn.execute(sa.update(RunRow).where(RunRow.id.in_(supersede))
+                conn.execute(sa.update(RUNS).where(RUNS.c.id.in_(supersede))
                              .values(superseded_at=now))
                 cancelled = list(conn.execute(
-                    sa.update(AttemptRow)
-                    .where(AttemptRow.run_id.in_(supersede), _lit(QUEUED))
+                    sa.update(ATTEMPTS)
+                    .where(ATTEMPTS.c.run_id.in_(supersede), _lit(QUEUED))
                     .values(state=AttemptState.CANCELLED.value, finished_at=now,
                             error_message="superseded by a changed config")
-                    .returning(AttemptRow.id)
+                    .returning(ATTEMPTS.c.id)
                 ).scalars())
                 self._event(conn, cancelled, now, "cancelled", {"reason": "superseded"})
             if reactivate:
-                conn.execute(sa.update(RunRow).where(RunRow.id.in_(reactivate))
+                conn.execute(sa.update(RUNS).where(RUNS.c.id.in_(reactivate))
                              .values(superseded_at=None))
 
             queued = 0
             if new:
                 run_ids = list(conn.execute(
-                    sa.insert(RunRow).returning(RunRow.id, sort_by_parameter_order=True),
+                    sa.insert(RUNS).returning(RUNS.c.id, sort_by_parameter_order=True),
                     [{
                         "study_id": study_id, "step_key": r.step, "seed": r.seed,
                         "config_hash": r.config_hash, "config_json": r.config,
@@ -331,7 +331,7 @@ class QueueRepo:
                     } for r in new],
                 ).scalars())
                 attempt_ids = list(conn.execute(
-                    sa.insert(AttemptRow).returning(AttemptRow.id, sort_by_parameter_order=True),
+                    sa.insert(ATTEMPTS).returning(ATTEMPTS.c.id, sort_by_parameter_order=True),
                     [{"run_id": rid, "attempt_no": 1, "state": QUEUED, "priority": r.priority,
                       "created_at": now} for rid, r in zip(run_ids, new, strict=True)],
                 ).scalars())
@@ -381,19 +381,19 @@ class QueueRepo:
     def _claim_once(self, worker_id: str, now: datetime, lease: timedelta,
                     code_sha: str | None, study: str | None, *, reap: bool
                     ) -> ClaimedAttempt | None:
-        eligible = StudyRow.code_policy != "pinned"
+        eligible = STUDIES.c.code_policy != "pinned"
         if code_sha is not None:  # pinned_sha may be abbreviated (hex only: no LIKE wildcards)
-            eligible = sa.or_(eligible, sa.literal(code_sha).startswith(StudyRow.pinned_sha))
+            eligible = sa.or_(eligible, sa.literal(code_sha).startswith(STUDIES.c.pinned_sha))
         if study is not None:  # `recip run`: only the study it submitted
-            eligible = sa.and_(eligible, StudyRow.name == study)
+            eligible = sa.and_(eligible, STUDIES.c.name == study)
         pick = (
-            sa.select(AttemptRow.id)
-            .join(RunRow, RunRow.id == AttemptRow.run_id)
-            .join(StudyRow, StudyRow.id == RunRow.study_id)
+            sa.select(ATTEMPTS.c.id)
+            .join(RUNS, RUNS.c.id == ATTEMPTS.c.run_id)
+            .join(STUDIES, STUDIES.c.id == RUNS.c.study_id)
             .where(_lit(QUEUED), eligible)
-            .order_by(AttemptRow.priority.desc(), AttemptRow.id)
+            .order_by(ATTEMPTS.c.priority.desc(), ATTEMPTS.c.id)
             .limit(1)
-            .with_for_update(skip_locked=True, of=AttemptRow)
+            .with_for_update(skip_locked=True, of=ATTEMPTS)
         )
         expires = now + lease
         payload = {"worker": worker_id, "lease_expires_at": expires.isoformat()}
@@ -424,31 +424,31 @@ class QueueRepo:
                      expires: datetime, payload: dict[str, Any]) -> Any:
         """SQLite's claim: update, read the run, append the event (one write transaction)."""
         claimed = conn.execute(
-            sa.update(AttemptRow)
-            .where(AttemptRow.id == pick, _lit(QUEUED))
+            sa.update(ATTEMPTS)
+            .where(ATTEMPTS.c.id == pick, _lit(QUEUED))
             .values(state=CLAIMED, worker_id=worker_id, claimed_at=now, heartbeat_at=now,
                     lease_expires_at=expires)
-            .returning(AttemptRow.id, AttemptRow.run_id, AttemptRow.attempt_no)
+            .returning(ATTEMPTS.c.id, ATTEMPTS.c.run_id, ATTEMPTS.c.attempt_no)
         ).first()
         if claimed is None:
             return None
         previous = (
-            sa.select(AttemptRow.artifact_dir)
-            .where(AttemptRow.run_id == claimed.run_id, AttemptRow.attempt_no <= claimed.attempt_no,
-                   AttemptRow.artifact_dir.is_not(None))
-            .order_by(AttemptRow.attempt_no.desc()).limit(1)
+            sa.select(ATTEMPTS.c.artifact_dir)
+            .where(ATTEMPTS.c.run_id == claimed.run_id, ATTEMPTS.c.attempt_no <= claimed.attempt_no,
+                   ATTEMPTS.c.artifact_dir.is_not(None))
+            .order_by(ATTEMPTS.c.attempt_no.desc()).limit(1)
             .scalar_subquery()
         )
-        fresh = sa.exists().where(EventRow.attempt_id == claimed.id, EventRow.kind == FRESH_START)
+        fresh = sa.exists().where(EVENTS.c.attempt_id == claimed.id, EVENTS.c.kind == FRESH_START)
         row = conn.execute(
             sa.select(sa.literal(claimed.id).label("id"),
                       sa.literal(claimed.run_id).label("run_id"),
                       sa.literal(claimed.attempt_no).label("attempt_no"),
-                      StudyRow.name, RunRow.step_key, RunRow.seed, RunRow.config_json,
-                      RunRow.config_hash, RunRow.budget_seconds, RunRow.max_attempts,
+                      STUDIES.c.name, RUNS.c.step_key, RUNS.c.seed, RUNS.c.config_json,
+                      RUNS.c.config_hash, RUNS.c.budget_seconds, RUNS.c.max_attempts,
                       previous.label("previous"), fresh.label("fresh"))
-            .join(StudyRow, StudyRow.id == RunRow.study_id)
-            .where(RunRow.id == claimed.run_id)
+            .join(STUDIES, STUDIES.c.id == RUNS.c.study_id)
+            .where(RUNS.c.id == claimed.run_id)
         ).one()
         self._event(conn, [claimed.id], now, "claimed", payload)
         return row
@@ -481,11 +481,11 @@ class QueueRepo:
 
     def _reap(self, conn: Connection, now: datetime) -> list[int]:
         rows = conn.execute(
-            sa.update(AttemptRow)
-            .where(_lit(*LEASED), AttemptRow.lease_expires_at < now)
+            sa.update(ATTEMPTS)
+            .where(_lit(*LEASED), ATTEMPTS.c.lease_expires_at < now)
             .values(state=AttemptState.LOST.value, finished_at=now,
                     error_message="lease expired: the worker stopped heartbeating")
-            .returning(AttemptRow.id, AttemptRow.run_id, AttemptRow.worker_id)
+            .returning(ATTEMPTS.c.id, ATTEMPTS.c.run_id, ATTEMPTS.c.worker_id)
         ).all()
         for attempt_id, run_id, worker in rows:
             self._event(conn, [attempt_id], now, "lost", {"worker": worker})
@@ -499,20 +499,20 @@ class QueueRepo:
                     payload: dict[str, Any] | None = None) -> int | None:
         """Queue attempt_no+1 of `run_id` unless bounded by max_attempts or superseded."""
         run = conn.execute(
-            sa.select(RunRow.max_attempts, RunRow.priority, RunRow.superseded_at)
-            .where(RunRow.id == run_id)
+            sa.select(RUNS.c.max_attempts, RUNS.c.priority, RUNS.c.superseded_at)
+            .where(RUNS.c.id == run_id)
         ).one()
         count, last = conn.execute(
-            sa.select(sa.func.count(), sa.func.max(AttemptRow.attempt_no))
-            .where(AttemptRow.run_id == run_id)
+            sa.select(sa.func.count(), sa.func.max(ATTEMPTS.c.attempt_no))
+            .where(ATTEMPTS.c.run_id == run_id)
         ).one()
         if bounded and (count >= run.max_attempts or run.superseded_at is not None):
             return None
         attempt_no = (last or 0) + 1
         attempt_id: int = conn.execute(
-            sa.insert(AttemptRow).values(run_id=run_id, attempt_no=attempt_no, state=QUEUED,
+            sa.insert(ATTEMPTS).values(run_id=run_id, attempt_no=attempt_no, state=QUEUED,
                                          priority=run.priority, created_at=now)
-            .returning(AttemptRow.id)
+            .returning(ATTEMPTS.c.id)
         ).scalar_one()
         self._event(conn, [attempt_id], now, "queued",
                     {**(payload or {}), "reason": reason, "after": after})
@@ -524,11 +524,11 @@ class QueueRepo:
                 states: Sequence[str], values: dict[str, Any], action: str) -> int:
         """Apply `values` if `worker_id` holds the attempt in one of `states`; the run id."""
         row = conn.execute(
-            sa.update(AttemptRow)
-            .where(AttemptRow.id == attempt_id, AttemptRow.worker_id == worker_id,
-                   AttemptRow.state.in_(states))
+            sa.update(ATTEMPTS)
+            .where(ATTEMPTS.c.id == attempt_id, ATTEMPTS.c.worker_id == worker_id,
+                   ATTEMPTS.c.state.in_(states))
             .values(**values)
-            .returning(AttemptRow.run_id)
+            .returning(ATTEMPTS.c.run_id)
         ).scalar_one_or_none()
         if row is None:
             self._refuse(conn, attempt_id, worker_id, action)
@@ -537,7 +537,7 @@ class QueueRepo:
     def _refuse(self, conn: Connection, attempt_id: int, worker_id: str,
                 action: str) -> NoReturn:
         found = conn.execute(
-            sa.select(AttemptRow.state, AttemptRow.worker_id).where(AttemptRow.id == attempt_id)
+            sa.select(ATTEMPTS.c.state, ATTEMPTS.c.worker_id).where(ATTEMPTS.c.id == attempt_id)
         ).first()
         if found is None:
             raise LeaseLost(f"attempt {attempt_id} does not exist; worker {worker_id} cannot "
@@ -585,17 +585,17 @@ class QueueRepo:
         unique = {(str(n), int(s)): float(v) for n, s, v in rows}
         with self._tx() as conn:
             held = conn.execute(
-                sa.select(AttemptRow.id)
-                .where(AttemptRow.id == attempt_id, AttemptRow.worker_id == worker_id,
-                       AttemptRow.state.in_(LEASED))
+                sa.select(ATTEMPTS.c.id)
+                .where(ATTEMPTS.c.id == attempt_id, ATTEMPTS.c.worker_id == worker_id,
+                       ATTEMPTS.c.state.in_(LEASED))
                 .with_for_update(read=True)
             ).first()
             if held is None:
                 self._refuse(conn, attempt_id, worker_id, "record metrics")
             if unique:
-                stmt = self._insert(MetricRow)
+                stmt = self._insert(METRICS)
                 stmt = stmt.on_conflict_do_update(
-                    index_elements=[MetricRow.attempt_id, MetricRow.name, MetricRow.step],
+                    index_elements=[METRICS.c.attempt_id, METRICS.c.name, METRICS.c.step],
                     set_={"value": stmt.excluded.value},
                 )
                 conn.execute(stmt, [
@@ -672,9 +672,9 @@ class QueueRepo:
     # -- studies ------------------------------------------------------------------------
 
     def _study_id(self, conn: Connection, study: str) -> int:
-        sid = conn.execute(sa.select(StudyRow.id).where(StudyRow.name == study)).scalar()
+        sid = conn.execute(sa.select(STUDIES.c.id).where(STUDIES.c.name == study)).scalar()
         if sid is None:
-            names = conn.execute(sa.select(StudyRow.name).order_by(StudyRow.name)).scalars().all()
+            names = conn.execute(sa.select(STUDIES.c.name).order_by(STUDIES.c.name)).scalars().all()
             known = ", ".join(names[:20]) or "none"
             raise UnknownStudy(f"no study {study!r} in {self.label} (studies: {known})")
         return int(sid)
@@ -684,7 +684,7 @@ class QueueRepo:
         if steps is None:
             return
         known = set(conn.execute(
-            sa.select(RunRow.step_key).where(RunRow.study_id == study_id).distinct()
+            sa.select(RUNS.c.step_key).where(RUNS.c.study_id == study_id).distinct()
         ).scalars())
         missing = [s for s in steps if s not in known]
         if missing:
@@ -698,14 +698,14 @@ class QueueRepo:
         with self._tx() as conn:
             sid = self._study_id(conn, study)
             self._check_steps(conn, sid, study, steps)
-            runs = sa.select(RunRow.id).where(RunRow.study_id == sid)
+            runs = sa.select(RUNS.c.id).where(RUNS.c.study_id == sid)
             if steps is not None:
-                runs = runs.where(RunRow.step_key.in_(list(steps)))
+                runs = runs.where(RUNS.c.step_key.in_(list(steps)))
             ids = list(conn.execute(
-                sa.update(AttemptRow)
-                .where(AttemptRow.run_id.in_(runs), _lit(*LIVE))
+                sa.update(ATTEMPTS)
+                .where(ATTEMPTS.c.run_id.in_(runs), _lit(*LIVE))
                 .values(state=AttemptState.CANCELLED.value, finished_at=now)
-                .returning(AttemptRow.id)
+                .returning(ATTEMPTS.c.id)
             ).scalars())
             self._event(conn, ids, now, "cancelled", {"reason": "cancel"})
         return len(ids)
@@ -803,17 +803,17 @@ class QueueRepo:
     @staticmethod
     def _select_resumable(conn: Connection, sid: int, steps: Sequence[str] | None,
                           wanted: set[str], force: bool) -> list[tuple[int, str, int]]:
-        query = (sa.select(RunRow.id, RunRow.step_key, RunRow.seed)
-                 .where(RunRow.study_id == sid, RunRow.superseded_at.is_(None))
-                 .order_by(RunRow.id))
+        query = (sa.select(RUNS.c.id, RUNS.c.step_key, RUNS.c.seed)
+                 .where(RUNS.c.study_id == sid, RUNS.c.superseded_at.is_(None))
+                 .order_by(RUNS.c.id))
         if steps is not None:
-            query = query.where(RunRow.step_key.in_(list(steps)))
+            query = query.where(RUNS.c.step_key.in_(list(steps)))
         runs = conn.execute(query).all()
         history: dict[int, list[str]] = {}
         for run_id, state in conn.execute(
-            sa.select(AttemptRow.run_id, AttemptRow.state)
-            .where(AttemptRow.run_id.in_(query.with_only_columns(RunRow.id)))
-            .order_by(AttemptRow.run_id, AttemptRow.attempt_no)
+            sa.select(ATTEMPTS.c.run_id, ATTEMPTS.c.state)
+            .where(ATTEMPTS.c.run_id.in_(query.with_only_columns(RUNS.c.id)))
+            .order_by(ATTEMPTS.c.run_id, ATTEMPTS.c.attempt_no)
         ):
             history.setdefault(run_id, []).append(state)
         out: list[tuple[int, str, int]] = []
@@ -838,19 +838,19 @@ class QueueRepo:
         values = {"host": host, "gpu": gpu, "pid": pid, "started_at": now,
                   "last_heartbeat": now, "stopped_at": None, "current_attempt": None,
                   "code_sha": code_sha}
-        stmt = self._insert(WorkerRow).values(id=worker_id, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=[WorkerRow.id], set_=values)
+        stmt = self._insert(WORKERS).values(id=worker_id, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=[WORKERS.c.id], set_=values)
         with self._tx() as conn:
             conn.execute(stmt)
             # a restarted worker of a quarantined slot (same host, same slot) stays out
             slot = worker_slot(worker_id)
             held = [r for r in conn.execute(
-                sa.select(WorkerRow.id, WorkerRow.quarantined_at, WorkerRow.quarantine_reason)
-                .where(WorkerRow.host == host, WorkerRow.id != worker_id,
-                       WorkerRow.quarantined_at.is_not(None))
-                .order_by(WorkerRow.quarantined_at.desc())) if worker_slot(r.id) == slot]
+                sa.select(WORKERS.c.id, WORKERS.c.quarantined_at, WORKERS.c.quarantine_reason)
+                .where(WORKERS.c.host == host, WORKERS.c.id != worker_id,
+                       WORKERS.c.quarantined_at.is_not(None))
+                .order_by(WORKERS.c.quarantined_at.desc())) if worker_slot(r.id) == slot]
             if held:
-                conn.execute(sa.update(WorkerRow).where(WorkerRow.id == worker_id).values(
+                conn.execute(sa.update(WORKERS).where(WORKERS.c.id == worker_id).values(
                     quarantined_at=held[0].quarantined_at,
                     quarantine_reason=held[0].quarantine_reason))
 
@@ -858,7 +858,7 @@ class QueueRepo:
         """Set the worker aside: it stops claiming until `release_workers`."""
         now = _aware(now)
         with self._tx() as conn:
-            conn.execute(sa.update(WorkerRow).where(WorkerRow.id == worker_id)
+            conn.execute(sa.update(WORKERS).where(WORKERS.c.id == worker_id)
                          .values(quarantined_at=now, quarantine_reason=reason))
         logger.warning("worker quarantined", extra={"action": "worker_quarantined",
                                                     "worker": worker_id, "reason": reason})
@@ -867,8 +867,8 @@ class QueueRepo:
         """Why the worker is quarantined, or None when it may claim."""
         with self._tx(read_only=True) as conn:
             row = conn.execute(
-                sa.select(WorkerRow.quarantined_at, WorkerRow.quarantine_reason)
-                .where(WorkerRow.id == worker_id)).first()
+                sa.select(WORKERS.c.quarantined_at, WORKERS.c.quarantine_reason)
+                .where(WORKERS.c.id == worker_id)).first()
         if row is None or row.quarantined_at is None:
             return None
         return row.quarantine_reason or "quarantined"
@@ -878,13 +878,13 @@ class QueueRepo:
         """Let quarantined workers claim again: one worker (its id, or its `host:slot`),
         every worker of `host`, or, with neither, all of them. The ids released."""
         with self._tx() as conn:
-            rows = conn.execute(sa.select(WorkerRow.id, WorkerRow.host)
-                                .where(WorkerRow.quarantined_at.is_not(None))).all()
+            rows = conn.execute(sa.select(WORKERS.c.id, WORKERS.c.host)
+                                .where(WORKERS.c.quarantined_at.is_not(None))).all()
             ids = [r.id for r in rows
                    if (worker is None or worker in (r.id, worker_slot(r.id)))
                    and (host is None or r.host == host)]
             if ids:
-                conn.execute(sa.update(WorkerRow).where(WorkerRow.id.in_(ids))
+                conn.execute(sa.update(WORKERS).where(WORKERS.c.id.in_(ids))
                              .values(quarantined_at=None, quarantine_reason=None))
         return sorted(ids)
 
@@ -899,7 +899,7 @@ class QueueRepo:
             values["code_sha"] = code_sha
         with self._tx() as conn:
             n = conn.execute(
-                sa.update(WorkerRow).where(WorkerRow.id == worker_id).values(**values)
+                sa.update(WORKERS).where(WORKERS.c.id == worker_id).values(**values)
             ).rowcount
         if n == 0:
             raise QueueError(f"worker {worker_id} is not registered; call register_worker first")
@@ -908,7 +908,7 @@ class QueueRepo:
         """Mark the worker stopped."""
         now = _aware(now)
         with self._tx() as conn:
-            conn.execute(sa.update(WorkerRow).where(WorkerRow.id == worker_id)
+            conn.execute(sa.update(WORKERS).where(WORKERS.c.id == worker_id)
                          .values(stopped_at=now, last_heartbeat=now, current_attempt=None))
 
     # -- reads --------------------------------------------------------------------------
@@ -924,7 +924,7 @@ class QueueRepo:
     def study_names(self) -> list[str]:
         """Every study name, sorted."""
         with self._tx(read_only=True) as conn:
-            return list(conn.execute(sa.select(StudyRow.name).order_by(StudyRow.name)).scalars())
+            return list(conn.execute(sa.select(STUDIES.c.name).order_by(STUDIES.c.name)).scalars())
 
     def study_results(self, name: str) -> StudyResults:
         """Everything the analysis of study `name` needs (UnknownStudy if none)."""
@@ -963,7 +963,7 @@ class QueueRepo:
     def attempt(self, attempt_id: int) -> AttemptResult:
         """One attempt with its run and result (QueueError if there is none)."""
         with self._tx(read_only=True) as conn:
-            found = reads.attempt_results(conn, AttemptRow.id == attempt_id)
+            found = reads.attempt_results(conn, ATTEMPTS.c.id == attempt_id)
         if not found:
             raise QueueError(f"no attempt {attempt_id} in {self.label}")
         return found[0]

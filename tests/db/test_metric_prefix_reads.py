@@ -8,7 +8,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from orchestrator.queue import reads
-from orchestrator.queue.schema import MetricRow
+from orchestrator.queue.schema import METRICS
 
 LEASE = timedelta(seconds=60)
 NAMES = ("stats/gate.0", "stats/alpha.1", "stats/", "stats0", "statsx", "Stats/gate.0",
@@ -41,7 +41,7 @@ def test_sqlite_prefix_read_narrows_the_metrics_key(sqlite_url):
     engine = sa.create_engine(sqlite_url)
     try:
         with engine.connect() as conn:
-            query = (sa.select(MetricRow.name).where(MetricRow.attempt_id.in_([1, 2]))
+            query = (sa.select(METRICS.c.name).where(METRICS.c.attempt_id.in_([1, 2]))
                      .where(reads._name_prefix(conn, "stats/")))
             sql = query.compile(conn, compile_kwargs={"literal_binds": True})
             plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
@@ -56,12 +56,12 @@ def test_sqlite_series_read_is_a_covering_index_scan(sqlite_url):
     engine = sa.create_engine(sqlite_url)
     try:
         with engine.connect() as conn:
-            query = (sa.select(MetricRow.attempt_id, MetricRow.name, MetricRow.step,
-                               MetricRow.value)
-                     .where(MetricRow.attempt_id.in_([1, 2]))
-                     .where(sa.or_(MetricRow.name.in_(["val_loss"]),
+            query = (sa.select(METRICS.c.attempt_id, METRICS.c.name, METRICS.c.step,
+                               METRICS.c.value)
+                     .where(METRICS.c.attempt_id.in_([1, 2]))
+                     .where(sa.or_(METRICS.c.name.in_(["val_loss"]),
                                    reads._name_prefix(conn, "stats/")))
-                     .order_by(MetricRow.attempt_id, MetricRow.name, MetricRow.step))
+                     .order_by(METRICS.c.attempt_id, METRICS.c.name, METRICS.c.step))
             sql = query.compile(conn, compile_kwargs={"literal_binds": True})
             plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
     finally:

@@ -12,12 +12,12 @@ import sqlalchemy as sa
 from orchestrator.core import ids
 from orchestrator.core.errors import QueueError, UnknownStep, UnknownStudy
 from orchestrator.queue.looks import choose_seeds
-from orchestrator.queue.schema import RunRow, StudyEventRow
+from orchestrator.queue.schema import RUNS, STUDY_EVENTS
 
 
 def _runs(repo):
     with repo.engine.connect() as conn:
-        return {(r.step_key, r.seed): r for r in conn.execute(sa.select(RunRow.__table__))}
+        return {(r.step_key, r.seed): r for r in conn.execute(sa.select(RUNS))}
 
 
 def test_added_seeds_copy_the_steps_config_and_queue_attempts(repo, plan_factory, fake_clock):
@@ -59,8 +59,8 @@ def test_the_look_is_recorded_and_read_back_with_the_results(repo, plan_factory,
     assert [(lk.at, lk.steps, lk.seeds, lk.max_seeds) for lk in looks] == [
         (t1, ("V0", "V1"), (3,), 4), (t2, ("V2",), (3, 4), None)]
     with repo.engine.connect() as conn:
-        payloads = list(conn.execute(sa.select(StudyEventRow.kind, StudyEventRow.payload_json)
-                                     .order_by(StudyEventRow.id)))
+        payloads = list(conn.execute(sa.select(STUDY_EVENTS.c.kind, STUDY_EVENTS.c.payload_json)
+                                     .order_by(STUDY_EVENTS.c.id)))
     assert payloads[0] == ("seeds_added", {"source": "seeds add", "max_seeds": 4,
                                            "before": {"V0": 2, "V1": 2},
                                            "added": {"V0": [3], "V1": [3]}})
