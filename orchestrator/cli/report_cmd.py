@@ -99,18 +99,10 @@ def report(
 
 def load_series(repo: QueueRepo, results: StudyResults) -> MetricSeries:
     """val_loss, the SPAM clip fraction, the KV keep ratio (and its gradients), stats/...
-    and grad/... of every succeeded attempt, in four queries."""
+    and grad/... of every succeeded attempt, in one read."""
     ids = [a.attempt_id for a in results.attempts if a.state == "succeeded"]
-    series: MetricSeries = {}
-    if not ids:
-        return series
-    for part in (repo.metric_series(ids, names=["val_loss", "spam_clip_frac"]),
-                 repo.metric_series(ids, prefix="kv_keep_ratio"),
-                 repo.metric_series(ids, prefix="stats/"),
-                 repo.metric_series(ids, prefix="grad/")):
-        for aid, names in part.items():
-            series.setdefault(aid, {}).update(names)
-    return series
+    return repo.metric_series(ids, names=["val_loss", "spam_clip_frac"],
+                              prefix=("kv_keep_ratio", "stats/", "grad/"))
 
 
 def render_text(rep: Report, fmt: Format, plots: list[Path], out: Path | None, *,

@@ -229,24 +229,36 @@ def _name_prefix(conn: Connection, prefix: str) -> sa.ColumnElement[bool]:
 
 
 def metric_series(conn: Connection, attempt_ids: Sequence[int], names: Sequence[str] | None,
-                  prefix: str | None) -> MetricSeries:
-    """attempt -> name -> [(step, value)], steps ascending; NULL values read as NaN."""
+                  prefix: str | Sequence[str] | None) -> MetricSeries:
+    """attempt -> name -> [(step, value)], steps ascending; NULL values read as NaN.
+
+    Metrics named in `names` or starting with any of `prefix`. PostgreSQL reads them in one
+    statement (a LIKE cannot narrow its index under a linguistic collation, so each extra
+    statement is another pass over the attempts' rows: 3 prefixes were 3 scans, ~250 ms of
+    `recip report` at 1M rows). SQLite reads each name list and prefix as its own key range
+    (an OR of ranges falls back to reading every row of the attempts) and merges them."""
     out: MetricSeries = {a: {} for a in attempt_ids}
     if not attempt_ids:
         return out
-    query = (sa.select(METRICS.c.attempt_id, METRICS.c.name, METRICS.c.step, METRICS.c.value)
-             .where(METRICS.c.attempt_id.in_(list(attempt_ids)))
-             .order_by(METRICS.c.attempt_id, METRICS.c.name, METRICS.c.step))
+    prefixes = [prefix] if isinstance(prefix, str) else list(prefix or ())
     filters: list[sa.ColumnElement[bool]] = []
     if names is not None:
         filters.append(METRICS.c.name.in_(list(names)))
-    if prefix is not None:
-        filters.append(_name_prefix(conn, prefix))
-    if filters:
-        query = query.where(sa.or_(*filters))
-    for attempt_id, name, step, value in conn.execute(query):
-        out[attempt_id].setdefault(name, []).append(
-            (step, math.nan if value is None else float(value)))
+    filters.extend(_name_prefix(conn, p) for p in prefixes)
+    query = (sa.select(METRICS.c.attempt_id, METRICS.c.name, METRICS.c.step, METRICS.c.value)
+             .where(METRICS.c.attempt_id.in_(list(attempt_ids)))
+             .order_by(METRICS.c.attempt_id, METRICS.c.name, METRICS.c.step))
+    if conn.dialect.name == "sqlite" and len(filters) > 1:
+        parts = [query.where(f) for f in filters]
+    else:
+        parts = [query.where(sa.or_(*filters)) if filters else query]
+    source: dict[tuple[int, str], int] = {}   # a series comes from the first part that has it
+    for i, part in enumerate(parts):
+        for attempt_id, name, step, value in conn.execute(part):
+            if source.setdefault((attempt_id, name), i) != i:
+                continue
+            out[attempt_id].setdefault(name, []).append(
+                (step, math.nan if value is None else float(value)))
     return out
 
 

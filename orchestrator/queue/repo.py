@@ -933,9 +933,9 @@ class QueueRepo:
             return reads.study_results(conn, sid)
 
     def metric_series(self, attempt_ids: Sequence[int], names: Sequence[str] | None = None,
-                      prefix: str | None = None) -> MetricSeries:
+                      prefix: str | Sequence[str] | None = None) -> MetricSeries:
         """attempt -> name -> [(step, value)] for metrics named in `names` or starting with
-        `prefix` (all when neither is given)."""
+        `prefix` (one or several; all metrics when neither is given)."""
         with self._tx(read_only=True) as conn:
             return reads.metric_series(conn, attempt_ids, names, prefix)
 

@@ -37,6 +37,21 @@ def test_prefix_reads_return_exactly_the_names_with_that_prefix(repo, plan_facto
     assert sorted(both) == ["grad/", "grad/alpha.0", "loss"]
 
 
+def test_several_prefixes_and_names_read_each_series_once(repo, plan_factory, fake_clock):
+    """`recip report` reads names and three prefixes in one call; a name that is also under
+    a prefix ("stats/gate.0"), and prefixes that overlap ("stats", "stats/"), still give
+    each series once, steps ascending, on both backends."""
+    a = _attempt_with_metrics(repo, plan_factory, fake_clock)
+    prefixes = ("stats/", "grad/", "stats")
+    got = repo.metric_series([a], names=["loss", "stats/gate.0"], prefix=prefixes)[a]
+    want = {n for n in NAMES if n.startswith(prefixes)} | {"loss"}
+    assert sorted(got) == sorted(want)
+    for name, points in got.items():
+        i = NAMES.index(name)
+        assert points == [(0, float(i)), (10, float(i + 10))], name
+    assert repo.metric_series([a], prefix=())[a] == repo.metric_series([a])[a]
+
+
 def test_sqlite_prefix_read_narrows_the_metrics_key(sqlite_url):
     engine = sa.create_engine(sqlite_url)
     try:
