@@ -77,7 +77,7 @@ def with_analysis_flags(repo: QueueRepo, snapshot: Snapshot,
     regressions, expected ranges, commit mismatches) added to each run's queue flags."""
     if not snapshot.studies:
         return snapshot  # nothing to analyse: the report modules (scipy) stay unimported
-    from orchestrator.report.analysis import flags_for_runs
+    from orchestrator.report.flags import flags_for_runs
 
     studies = []
     for view in snapshot.studies:

@@ -15,13 +15,13 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
-from orchestrator.core.errors import SpecError
 from orchestrator.core.results import MetricSeries, StudyResults
 from orchestrator.core.states import TERMINAL
-from orchestrator.report.confounders import commits, mean_of, scale_note
+from orchestrator.report.confounders import commits
 from orchestrator.report.context import Study
+from orchestrator.report.flags import step_scale_note
 from orchestrator.report.metrics import lower_is_better, metric_value
-from orchestrator.report.rules import THROUGHPUT_DROP, failure, flags, rule
+from orchestrator.report.rules import flags, rule
 from orchestrator.report.stats import compare
 from orchestrator.report.values import (
     ChainCheck,
@@ -33,7 +33,7 @@ from orchestrator.report.values import (
 )
 from orchestrator.report.verdicts import decide, plan
 
-__all__ = ["Report", "analyze", "flags_for_runs", "metric_value", "method_text"]
+__all__ = ["Report", "analyze", "metric_value", "method_text"]
 
 TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
@@ -81,46 +81,6 @@ def method_text(alpha: float, margin: float, family: int, looks: bool) -> str:
             f"{family} comparison(s) per reading (raw and adjusted p shown){seq}; read at "
             f"equal budget and at equal tokens (eval tokens = iteration x tokens per "
             f"iteration); different code on the two sides = confounded")
-
-
-def flags_for_runs(results: StudyResults) -> dict[tuple[str, int], tuple[str, ...]]:
-    """Short per-run flags for `recip status` (no series, no statistics): failure state,
-    divergence, throughput regression > 5 % vs the parent, outside the expected range,
-    a different code commit than the parent's runs. A stored spec that no longer validates
-    gives no flags here (status stays up; `recip report` says what is wrong)."""
-    try:
-        study = Study.build(results)
-    except SpecError:
-        return {}
-    out: dict[tuple[str, int], tuple[str, ...]] = {}
-    for step in study.order:
-        parent = study.parent(step)
-        parent_used = study.used(parent) if parent else ()
-        parent_tps = mean_of(parent_used, "tokens_per_s")
-        parent_shas = commits(parent_used) if parent_used else set()
-        expect = study.expect_of(step) if _scale_note(study, step) is None else {}
-        for run in study.runs.get(step, ()):
-            found: list[str] = []
-            kind = failure(run)
-            if kind:
-                found.append(kind)
-            if run.used is not None:
-                res = run.used.result
-                tps = metric_value(res, "tokens_per_s")
-                if tps is not None and parent_tps and tps < (1 - THROUGHPUT_DROP) * parent_tps:
-                    found.append(f"tok/s {100 * (tps / parent_tps - 1):+.0f}% vs {parent}")
-                for name, (lo, hi) in expect.items():
-                    v = metric_value(res, name)
-                    if v is not None and not lo <= v <= hi:
-                        found.append(f"{name} outside [{lo:g}, {hi:g}]")
-                sha = (run.used.code_sha or "?")[:7]
-                if parent_shas and parent_shas - {sha}:
-                    found.append(f"commit differs from {parent}")
-            if run.attempts > 1:
-                found.append(f"attempt {run.latest.attempt_no}")
-            if found:
-                out[(step, run.seed)] = tuple(found)
-    return out
 
 
 # --- per step -----------------------------------------------------------------------------
@@ -176,14 +136,10 @@ def _mechanisms(config: dict[str, object]) -> str:
     return " + ".join(parts)
 
 
-def _scale_note(study: Study, step: str) -> str | None:
-    return scale_note(study.spec, study.root_chain(step), study.used(step))
-
-
 def _expectations(study: Study) -> tuple[ExpectCheck, ...]:
     out = []
     for step in study.order:
-        note = _scale_note(study, step)
+        note = step_scale_note(study, step)
         for name, (lo, hi) in study.expect_of(step).items():
             xs = list(study.values(step, name).values())
             mean = statistics.fmean(xs) if xs else None

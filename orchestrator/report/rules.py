@@ -13,8 +13,14 @@ from orchestrator.core.spec import Rule
 from orchestrator.report.confounders import fmt_set
 from orchestrator.report.context import TERMINAL_NAMES, Study
 from orchestrator.report.metrics import is_gate_stat, lower_is_better, split_stat
-from orchestrator.report.values import Comparison, ExpectCheck, Flag, RuleOutcome, RunOutcome
-from orchestrator.report.verdicts import Key
+from orchestrator.report.values import (
+    Comparison,
+    ExpectCheck,
+    Flag,
+    Key,
+    RuleOutcome,
+    RunOutcome,
+)
 
 THROUGHPUT_DROP = 0.05
 GATE_OPEN = 1e-2

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 from orchestrator.core.results import AttemptResult
 
+Key = tuple[str, str, str, float, float]
+"""(a, b, metric, margin, alpha) of a comparison: one test, however many times the spec
+asks for it (a declared pair on a parent link is the parent comparison)."""
+
 
 @dataclass(frozen=True)
 class RunOutcome:

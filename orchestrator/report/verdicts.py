@@ -41,14 +41,11 @@ from orchestrator.report.stats import (
     obf_spent,
     sequential_alpha,
 )
-from orchestrator.report.values import Comparison, Reading
+from orchestrator.report.values import Comparison, Key, Reading
 
 TOKENS_DIFFER = 0.05
 FLOPS_DIFFER = 1e-3
 BASES = ("budget", "tokens", "flops")
-Key = tuple[str, str, str, float, float]
-"""(a, b, metric, margin, alpha) of a comparison: one test, however many times the spec
-asks for it (a declared pair on a parent link is the parent comparison)."""
 
 
 @dataclass(frozen=True)

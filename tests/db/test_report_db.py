@@ -14,7 +14,8 @@ import pytest
 from orchestrator.core.loader import load_spec
 from orchestrator.core.resolve import resolve
 from orchestrator.core.states import AttemptState, FailureKind
-from orchestrator.report.analysis import analyze, flags_for_runs
+from orchestrator.report.analysis import analyze
+from orchestrator.report.flags import flags_for_runs
 
 SPEC = Path(__file__).resolve().parents[2] / "ablations" / "ra_mla_reciprocal.yaml"
 LEASE = timedelta(seconds=30)

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from orchestrator.core.results import StudyResults
-from orchestrator.report.analysis import analyze, flags_for_runs, metric_value
+from orchestrator.report.analysis import analyze, metric_value
+from orchestrator.report.flags import flags_for_runs
 
 # A healthy seed-000 study: every step improves on its parent by a clear margin.
 GOOD = {
