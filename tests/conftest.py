@@ -29,6 +29,22 @@ REQUIRE_PG_ENV = "RECIP_REQUIRE_PG"
 EPOCH = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
+# -- caches -------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`recip status` caches decision lines (orchestrator/cli/decision_cache.py): the suite
+    and the processes it starts write theirs into a folder of the session, never ~/.cache."""
+    old = os.environ.get("RECIP_CACHE_DIR")
+    os.environ["RECIP_CACHE_DIR"] = str(tmp_path_factory.mktemp("recip-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RECIP_CACHE_DIR", None)
+    else:
+        os.environ["RECIP_CACHE_DIR"] = old
+
+
 # -- clock --------------------------------------------------------------------------------
 
 

@@ -120,7 +120,7 @@ def status(
                 say(f"no studies in {snap.db}; submit one with `recip queue submit FILE`")
                 return
             render.print_renderable(render.render_status(snap))
-            from orchestrator.cli.decide import study_decision
+            from orchestrator.cli.decision_cache import study_decision
 
             for view in snap.studies:  # `4 of 6 comparisons decided; V4 vs V3 needs ~4 more`
                 line = study_decision(read[view.name])
