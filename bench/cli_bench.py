@@ -14,7 +14,9 @@ process, wall time from spawn to exit:
     recip --help                   typer + the whole app
     recip db current               the schema revision read (engine, Alembic head)
     recip status --json (empty)    an empty database: startup + schema check
-    recip status STUDY / --json    the dashboard, rich table and json
+    recip status STUDY / --json    the dashboard, rich table and json (decision line cached)
+    recip status STUDY (cold)      the same with an empty decision cache: the first status
+                                   after a result changed computes the line (scipy)
     recip report STUDY / -f json   the report, rich table and json
 
 and the same status/report commands in one warm process (the old measurement), plus the
@@ -45,7 +47,7 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results" / "cli.json"
 TARGET_MS = 1000.0
 STUDY = "status_bench"
-TIMED = ("status", "status_json", "report", "report_json")
+TIMED = ("status", "status_cold", "status_json", "report", "report_json")
 CPU_MS: dict[str, list[float]] = {}  # argv|code -> CPU ms of each fresh run
 
 
@@ -57,6 +59,7 @@ def commands(url: str, empty_url: str) -> dict[str, list[str]]:
         "db_current": [*cli, "db", "current", "--db", url],
         "empty_status_json": [*cli, "status", "--json", "--db", empty_url],
         "status": [*cli, "status", STUDY, "--db", url],
+        "status_cold": [*cli, "status", STUDY, "--db", url],
         "status_json": [*cli, "status", STUDY, "--json", "--db", url],
         "report": [*cli, "report", STUDY, "--db", url],
         "report_json": [*cli, "report", STUDY, "--format", "json", "--db", url],
@@ -65,12 +68,16 @@ def commands(url: str, empty_url: str) -> dict[str, list[str]]:
     }
 
 
-def fresh(argv: list[str], code: str | None = None) -> float:
+def fresh(argv: list[str], code: str | None = None, *, cold: bool = False) -> float:
     """Wall ms of one fresh process (its output discarded); raises on a non-zero exit.
-    `code`: run it with that checkout first on PYTHONPATH instead (the --base-code run)."""
+    `code`: run it with that checkout first on PYTHONPATH instead (the --base-code run).
+    `cold`: with an empty decision cache (orchestrator/cli/decision_cache.py), so the
+    status pays for the statistics as the first one after a result changed does."""
     env = {**os.environ, "COLUMNS": "100"}
     if code is not None:
         env["PYTHONPATH"] = code
+    if cold:
+        env["RECIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="recip-cold-")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
@@ -114,7 +121,7 @@ def measure(url: str, empty_url: str, rounds: int,
     samples: dict[str, list[float]] = {k: [] for k in cmds}
     base_samples: dict[str, list[float]] = {k: [] for k in base_cmds}
     for k, argv in cmds.items():  # one warm-up round: page cache, .pyc files
-        fresh(argv)
+        fresh(argv, cold=k == "status_cold")
         if base and k not in ("empty_status_json", "db_current"):
             fresh(base_cmds[k], base[0])
     for r in range(rounds):
@@ -125,7 +132,7 @@ def measure(url: str, empty_url: str, rounds: int,
             first_base = base is not None and r % 2 == 1  # alternate which goes first
             if first_base and base and k not in ("empty_status_json", "db_current"):
                 base_samples[k].append(fresh(base_cmds[k], base[0]))
-            samples[k].append(fresh(cmds[k]))
+            samples[k].append(fresh(cmds[k], cold=k == "status_cold"))
             if not first_base and base and k not in ("empty_status_json", "db_current"):
                 base_samples[k].append(fresh(base_cmds[k], base[0]))
     def cpu(argv: list[str], code: str | None) -> float:
@@ -228,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-pg-db", help="its PostgreSQL database (a copy at its schema)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    # the processes' decision cache: the bench's own, never ~/.cache (the warm-up fills it)
+    os.environ["RECIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="recip-bench-cache-")
     if args.quick:
         args.metrics, args.rounds = min(args.metrics, 100_000), min(args.rounds, 3)
     logging.getLogger("orchestrator").setLevel(logging.ERROR)

@@ -93,9 +93,12 @@ def measure(url: str, repeats: int, plot_dir: Path | None) -> dict[str, Any]:
     res: dict[str, Any] = {}
     with QueueRepo.open(url) as repo:
         res["study_results_ms"], results = timed(lambda: repo.study_results(STUDY), repeats)
-        res["load_series_ms"], series = timed(lambda: load_series(repo, results), repeats)
+        res["load_series_ms"], (series, summaries) = timed(lambda: load_series(repo, results),
+                                                           repeats)
     res["series_points_read"] = sum(len(p) for names in series.values() for p in names.values())
-    res["analyze_ms"], rep = timed(lambda: analyze(results, series), repeats)
+    res["series_summaries_read"] = sum(len(names) for names in summaries.values())
+    res["analyze_ms"], rep = timed(lambda: analyze(results, series, summaries=summaries),
+                                   repeats)
     res["render_ms"], text = timed(lambda: render_text(rep, Format.table, [], None), repeats)
     res["output_lines"] = text.count("\n")
 

@@ -15,7 +15,7 @@ import typer
 from orchestrator.cli.common import DbOption, db_url, say
 
 if TYPE_CHECKING:
-    from orchestrator.core.results import MetricSeries, StudyResults
+    from orchestrator.core.results import MetricSeries, MetricSummaries, StudyResults
     from orchestrator.queue.repo import QueueRepo
     from orchestrator.report.values import Report
 
@@ -64,10 +64,10 @@ def report(
     repo = QueueRepo.open(db_url(db))
     try:
         results = repo.study_results(study)
-        series = load_series(repo, results)
+        series, summaries = load_series(repo, results, gates=plot is not None)
     finally:
         repo.close()
-    rep = analyze(results, series, metric=metric)
+    rep = analyze(results, series, summaries=summaries, metric=metric)
     plots: list[Path] = []
     if plot is not None:
         from orchestrator.report.plots import write_plots
@@ -97,12 +97,18 @@ def report(
         say(line)
 
 
-def load_series(repo: QueueRepo, results: StudyResults) -> MetricSeries:
-    """val_loss, the SPAM clip fraction, the KV keep ratio (and its gradients), stats/...
-    and grad/... of every succeeded attempt, in one read."""
+def load_series(repo: QueueRepo, results: StudyResults, *,
+                gates: bool = False) -> tuple[MetricSeries, MetricSummaries]:
+    """What the analysis reads of every succeeded attempt's metrics, in two queries: the
+    series of val_loss, the SPAM clip fraction and the KV keep ratio (and its gradients),
+    and the stats/... and grad/... families as one SeriesSummary per series (aggregated in
+    the database). `gates`: the stats/ series in full too, for gates.png."""
+    from orchestrator.report.metrics import SUMMARISED
+
     ids = [a.attempt_id for a in results.attempts if a.state == "succeeded"]
-    return repo.metric_series(ids, names=["val_loss", "spam_clip_frac"],
-                              prefix=("kv_keep_ratio", "stats/", "grad/"))
+    series = repo.metric_series(ids, names=["val_loss", "spam_clip_frac"],
+                                prefix=("kv_keep_ratio", "stats/") if gates else "kv_keep_ratio")
+    return series, repo.metric_summaries(ids, prefix=SUMMARISED)
 
 
 def render_text(rep: Report, fmt: Format, plots: list[Path], out: Path | None, *,

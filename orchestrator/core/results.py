@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -109,3 +111,31 @@ def overrides_lines(overrides: dict[str, Any], spec: dict[str, Any] | None = Non
 
 MetricSeries = dict[int, dict[str, list[tuple[int, float]]]]
 """attempt_id -> metric name -> [(iteration, value), ...] in iteration order."""
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """What the report's series flags read of a mechanism-stat or gradient series, over
+    its finite points: how many, the largest magnitude, the last one. The database computes
+    it (`queue.reads.metric_summaries`) so `recip report` does not move every point of
+    stats/... and grad/... to Python; `summarise` below is the same in Python."""
+
+    n: int
+    max_abs: float
+    last_step: int
+    last: float
+
+
+MetricSummaries = dict[int, dict[str, SeriesSummary]]
+"""attempt_id -> metric name -> its SeriesSummary (names with a finite point only)."""
+
+
+def summarise(points: Sequence[tuple[int, float]]) -> SeriesSummary | None:
+    """The SeriesSummary of a series' finite points (None when it has none): the definition
+    `queue.reads.metric_summaries` computes in SQL."""
+    finite = [(it, v) for it, v in points if math.isfinite(v)]
+    if not finite:
+        return None
+    last_step, last = max(finite)
+    return SeriesSummary(n=len(finite), max_abs=max(abs(v) for _, v in finite),
+                         last_step=last_step, last=last)

@@ -31,7 +31,7 @@ from orchestrator.core.errors import (
     UnknownStudy,
 )
 from orchestrator.core.plan import StudyPlan
-from orchestrator.core.results import AttemptResult, MetricSeries, StudyResults
+from orchestrator.core.results import AttemptResult, MetricSeries, MetricSummaries, StudyResults
 from orchestrator.core.states import TERMINAL, AttemptState, FailureKind, can_transition
 from orchestrator.core.views import Snapshot
 from orchestrator.queue import history, looks, migrate, reads
@@ -938,6 +938,13 @@ class QueueRepo:
         `prefix` (one or several; all metrics when neither is given)."""
         with self._tx(read_only=True) as conn:
             return reads.metric_series(conn, attempt_ids, names, prefix)
+
+    def metric_summaries(self, attempt_ids: Sequence[int],
+                         prefix: Sequence[str]) -> MetricSummaries:
+        """attempt -> name -> SeriesSummary of the metrics starting with any of `prefix`
+        (aggregated in the database)."""
+        with self._tx(read_only=True) as conn:
+            return reads.metric_summaries(conn, attempt_ids, prefix)
 
     def history(self, study: str, steps: Sequence[str] | None = None,
                 seed: int | None = None) -> StudyHistory:

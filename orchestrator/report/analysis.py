@@ -15,7 +15,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
-from orchestrator.core.results import MetricSeries, StudyResults
+from orchestrator.core.results import MetricSeries, MetricSummaries, StudyResults
 from orchestrator.core.states import TERMINAL
 from orchestrator.report.confounders import commits
 from orchestrator.report.context import Study
@@ -39,17 +39,19 @@ TERMINAL_NAMES = frozenset(s.value for s in TERMINAL)
 
 
 def analyze(results: StudyResults, series: MetricSeries | None = None, *,
-            metric: str | None = None, noise_floor: float | None = None) -> Report:
-    """Build the Report of a study; `series` (val_loss, stats/..., grad/..., the KV keep
-    ratio and SPAM clip fraction) enables the equal-token readings and the series flags;
-    without it those stay unevaluated."""
+            summaries: MetricSummaries | None = None, metric: str | None = None,
+            noise_floor: float | None = None) -> Report:
+    """Build the Report of a study; `series` (val_loss, the KV keep ratio, the SPAM clip
+    fraction, and stats/... and grad/... unless `summaries` gives those as SeriesSummary)
+    enables the equal-token readings and the series flags; without it those stay
+    unevaluated."""
     study = Study.build(results, metric, noise_floor)
     planned = plan(study)
     decided = decide(study, planned, series)
     comparisons = tuple(replace(decided[p.key], kind=p.kind, label=p.label)
                         for p in planned if p.kind != "rule")
     expectations = _expectations(study)
-    flags_ = flags(study, expectations, series)
+    flags_ = flags(study, expectations, series, summaries)
     rules = tuple(rule(study, r, decided, expectations, flags_, series)
                   for r in study.spec.analysis.rules)
     return Report(

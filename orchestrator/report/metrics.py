@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchestrator.core.results import AttemptResult
+from orchestrator.core.results import AttemptResult, MetricSeries, MetricSummaries, summarise
 
 HIGHER_IS_BETTER = frozenset({"tokens_per_s"})
 GATE_WORDS = ("gate", "w_rec", "w_std", "alpha", "attn_scale")
@@ -61,6 +61,20 @@ def split_stat(name: str) -> tuple[str, str, str | None]:
     if not sep or not layer.startswith("L"):
         return prefix, rest, None
     return prefix, key, layer
+
+
+SUMMARISED = ("stats/", "grad/")
+"""Series families the flags read only as SeriesSummary (gate collapse, no gradient)."""
+
+
+def summaries_of(series: MetricSeries) -> MetricSummaries:
+    """The SeriesSummary of every stats/... and grad/... series in `series`."""
+    out: MetricSummaries = {}
+    for aid, names in series.items():
+        got = {n: s for n, pts in names.items() if n.startswith(SUMMARISED)
+               and (s := summarise(pts)) is not None}
+        out[aid] = got
+    return out
 
 
 def is_gate_stat(key: str) -> bool:

@@ -8,11 +8,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchestrator.core.results import AttemptResult, MetricSeries
+from orchestrator.core.results import AttemptResult, MetricSeries, MetricSummaries
 from orchestrator.core.spec import Rule
 from orchestrator.report.confounders import fmt_set
 from orchestrator.report.context import TERMINAL_NAMES, Study
-from orchestrator.report.metrics import is_gate_stat, lower_is_better, split_stat
+from orchestrator.report.metrics import is_gate_stat, lower_is_better, split_stat, summaries_of
 from orchestrator.report.values import (
     Comparison,
     ExpectCheck,
@@ -54,8 +54,12 @@ def failure(run: RunOutcome) -> str | None:
     return latest.state.replace("_", " ")
 
 
-def flags(study: Study, expectations: Sequence[ExpectCheck],
-          series: MetricSeries | None) -> tuple[Flag, ...]:
+def flags(study: Study, expectations: Sequence[ExpectCheck], series: MetricSeries | None,
+          summaries: MetricSummaries | None = None) -> tuple[Flag, ...]:
+    """Per-step flags; with the series, also the series flags (the stats/ and grad/ families
+    read from `summaries`, default: summarised from `series`)."""
+    if series is not None and summaries is None:
+        summaries = summaries_of(series)
     out: list[Flag] = []
     for step in study.order:
         for run in study.runs.get(step, ()):
@@ -74,7 +78,7 @@ def flags(study: Study, expectations: Sequence[ExpectCheck],
                 out.append(Flag("throughput", step, f"throughput {100 * (tps / ptps - 1):+.1f}%"
                                 f" vs {parent} ({tps:,.0f} vs {ptps:,.0f} tokens/s)"))
         if series is not None:
-            out += series_flags(step, study.used(step), series)
+            out += series_flags(step, study.used(step), series, summaries or {})
     for e in expectations:
         if e.verdict in ("below", "above"):
             out.append(Flag("outside_expected", e.step, f"{e.metric} {e.mean:.4g} {e.verdict} "
@@ -82,27 +86,28 @@ def flags(study: Study, expectations: Sequence[ExpectCheck],
     return tuple(out)
 
 
-def series_flags(step: str, used: Sequence[AttemptResult], series: MetricSeries) -> list[Flag]:
-    """Gate collapse, mixing scalars without gradient, SPAM clipping most of the gradient
-    for 100+ steps, a learned KV keep ratio pinned at a bound."""
+def series_flags(step: str, used: Sequence[AttemptResult], series: MetricSeries,
+                 summaries: MetricSummaries) -> list[Flag]:
+    """Gate collapse and mixing scalars without gradient (from each stats/... and grad/...
+    series' SeriesSummary), SPAM clipping most of the gradient for 100+ steps and a learned
+    KV keep ratio pinned at a bound (from the series)."""
     collapsed: dict[str, set[str]] = {}
     no_grad: dict[str, set[str]] = {}
     out: list[Flag] = []
     for x in used:
-        names = series.get(x.attempt_id, {})
-        for name, points in names.items():
+        for name, summary in summaries.get(x.attempt_id, {}).items():
             prefix, key, layer = split_stat(name)
-            values = [v for _, v in points if math.isfinite(v)]
-            if not values:
-                continue
             where = f"{layer or '-'}/seed {x.seed}"
             if prefix == "stats" and is_gate_stat(key):
-                if abs(values[-1]) < GATE_CLOSED and max(abs(v) for v in values) >= GATE_OPEN:
+                if abs(summary.last) < GATE_CLOSED and summary.max_abs >= GATE_OPEN:
                     collapsed.setdefault(key, set()).add(where)
-            elif prefix == "grad" and len(values) >= 2:
-                if all(abs(v) <= GRAD_ZERO for v in values):
-                    no_grad.setdefault(key, set()).add(where)
-            elif name.split("/")[0] == SPAM_CLIP:
+            elif prefix == "grad" and summary.n >= 2 and summary.max_abs <= GRAD_ZERO:
+                no_grad.setdefault(key, set()).add(where)
+        names = series.get(x.attempt_id, {})
+        for name, points in names.items():
+            if not any(math.isfinite(v) for _, v in points):
+                continue
+            if name.split("/")[0] == SPAM_CLIP:
                 stretch = longest_above(points, SPAM_CLIP_HIGH)
                 if stretch is not None and stretch[1] - stretch[0] >= SPAM_CLIP_STEPS:
                     out.append(Flag("spam_clipping", step, f"SPAM clipped more than "
