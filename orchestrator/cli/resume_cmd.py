@@ -314,7 +314,7 @@ def show(
 ) -> None:
     """Every attempt of a step with its provenance: state, failure and advice, commit and
     diff hash, config and spec hashes, versions, device, host, artifacts, times, result."""
-    from orchestrator.cli.render_history import show_lines
+    from orchestrator.cli.render.history import show_lines
     from orchestrator.queue.repo import QueueRepo
 
     with QueueRepo.open(db_url(db)) as repo:

@@ -9,7 +9,10 @@ import pytest
 from rich.console import Console, RenderableType
 
 from models.presets import PRESETS, TOKENIZER_VOCAB
+from orchestrator.cli import format as fmt
 from orchestrator.cli import render
+from orchestrator.cli.render import plan as plan_view
+from orchestrator.cli.render import status
 from orchestrator.core.loader import spec_from_text
 from orchestrator.core.resolve import Overrides, resolve
 from orchestrator.core.views import RunView, Snapshot, StudyView, WorkerView
@@ -56,7 +59,7 @@ def test_status_table() -> None:
         runview("V4", "failed", failure_kind="oom", attempt_no=3, flags=("diverged", "slow")),
         runview("V5", None),
     )
-    out = show(render.render_status(snap)).splitlines()
+    out = show(status.render_status(snap)).splitlines()
     assert out[0] == ("gpt2-rmlp  1 running · 1 queued · 1 succeeded · 1 failed · 1 new   "
                       "sqlite:///recip.db   12:04:31")
     # 2 of 5 done; budget used 60m + 27m of the two 60m budgets; ETA: V1's 33m left, V3 and
@@ -81,14 +84,14 @@ def test_long_flags_are_shown_in_full_at_80_and_200_columns() -> None:
     snap = snapshot(runview("V1", "running", flags=long))
     for width in (80, 200):
         console = Console(file=io.StringIO(), width=width, color_system=None)
-        console.print(render.render_status(snap))
+        console.print(status.render_status(snap))
         text = " ".join(console.file.getvalue().split())  # type: ignore[attr-defined]
         assert all(flag in text for flag in long)
 
 
 def test_long_header_wraps_within_100_columns() -> None:
     url = "postgresql+psycopg://bob:***@db.example.org:5432/recip"
-    out = show(render.render_status(snapshot(runview("V0", "queued"), runview("V1", "lost"),
+    out = show(status.render_status(snapshot(runview("V0", "queued"), runview("V1", "lost"),
                                              runview("V2", "cancelled"), db=url)))
     assert url in out
 
@@ -101,7 +104,7 @@ def test_heartbeat_colours() -> None:
         beat = NOW - timedelta(seconds=age)
         run = runview("V1", "running", heartbeat_at=beat,
                       lease_expires_at=beat + timedelta(seconds=lease_s))
-        text = render.heartbeat_cell(run, NOW)
+        text = status.heartbeat_cell(run, NOW)
         return text.plain, str(text.style)
 
     # a 60 s lease: interval 20 s, yellow past 40 s
@@ -112,10 +115,10 @@ def test_heartbeat_colours() -> None:
     # a 300 s lease: interval 100 s, so 150 s is still on time and 201 s is late
     assert cell(150, 300) == ("2m", "")
     assert cell(201, 300)[1] == "yellow"
-    assert render.heartbeat_cell(runview("V1", "succeeded"), NOW).plain == "–"
+    assert status.heartbeat_cell(runview("V1", "succeeded"), NOW).plain == "–"
     naive = runview("V1", "claimed", heartbeat_at=(NOW - timedelta(seconds=30)).replace(tzinfo=None))
-    assert render.heartbeat_cell(naive, NOW).plain == "30s"
-    assert str(render.heartbeat_cell(naive, NOW).style) == "yellow"  # default 10 s interval
+    assert status.heartbeat_cell(naive, NOW).plain == "30s"
+    assert str(status.heartbeat_cell(naive, NOW).style) == "yellow"  # default 10 s interval
 
 
 def test_workers_and_empty() -> None:
@@ -124,38 +127,38 @@ def test_workers_and_empty() -> None:
                    current_attempt=7)
     gone = WorkerView(id="old", host="h", gpu=None, pid=None, started_at=NOW,
                       last_heartbeat=NOW, stopped_at=NOW)
-    out = show(render.render_status(snapshot(runview("V0", "running", attempt_id=7, attempt_no=2,
+    out = show(status.render_status(snapshot(runview("V0", "running", attempt_id=7, attempt_no=2,
                                                      seed=3), workers=(w, gone))))
     assert "workers" in out
     assert "gpu-a:0  gpu-a  0    123  gpt2-rmlp V0 seed 3 attempt 2  3s" in out  # not id 7
     assert "old" not in out
     empty = Snapshot(taken_at=NOW, db="sqlite:///x.db")
-    assert show(render.render_status(empty)).strip() == "no studies in sqlite:///x.db"
+    assert show(status.render_status(empty)).strip() == "no studies in sqlite:///x.db"
 
 
 @pytest.mark.parametrize(("fn", "arg", "text"), [
-    (render.fmt_seconds, 60, "60s"), (render.fmt_seconds, 600, "10m"),
-    (render.fmt_seconds, 150, "2.5m"), (render.fmt_seconds, 5400, "90m"),
-    (render.fmt_seconds, 36000, "10h"), (render.fmt_seconds, 9000, "2.5h"),
-    (render.fmt_count, 500, "500"), (render.fmt_count, 1500, "1.5k"),
-    (render.fmt_count, 2_000_000, "2M"), (render.fmt_count, 124_439_808, "124M"),
-    (render.fmt_budget, {"seconds": 60.0, "iters": 500, "tokens": None}, "60s|500it"),
-    (render.fmt_budget, {"seconds": None, "iters": None, "tokens": 10**9}, "1Gtok"),
-    (render.fmt_mechanisms, {"attn": "causal", "attn_knobs": {}, "mlp": "rmlp",
+    (fmt.fmt_seconds, 60, "60s"), (fmt.fmt_seconds, 600, "10m"),
+    (fmt.fmt_seconds, 150, "2.5m"), (fmt.fmt_seconds, 5400, "90m"),
+    (fmt.fmt_seconds, 36000, "10h"), (fmt.fmt_seconds, 9000, "2.5h"),
+    (fmt.fmt_count, 500, "500"), (fmt.fmt_count, 1500, "1.5k"),
+    (fmt.fmt_count, 2_000_000, "2M"), (fmt.fmt_count, 124_439_808, "124M"),
+    (fmt.fmt_budget, {"seconds": 60.0, "iters": 500, "tokens": None}, "60s|500it"),
+    (fmt.fmt_budget, {"seconds": None, "iters": None, "tokens": 10**9}, "1Gtok"),
+    (fmt.fmt_mechanisms, {"attn": "causal", "attn_knobs": {}, "mlp": "rmlp",
                              "mlp_knobs": {"R_ff": 64, "use_mixer": True}},
      "causal + rmlp(R_ff=64, use_mixer=true)"),
-    (render.counts_line, {"queued": 2, "lost": 0, "running": 1}, "1 running · 2 queued"),
-    (render.counts_line, {}, "no runs"),
+    (fmt.counts_line, {"queued": 2, "lost": 0, "running": 1}, "1 running · 2 queued"),
+    (fmt.counts_line, {}, "no runs"),
 ])
 def test_formatters(fn: object, arg: object, text: str) -> None:
     assert fn(arg) == text  # type: ignore[operator]
 
 
 def test_fmt_train() -> None:
-    assert render.fmt_train(runview("V", "running", train_s=30.0, budget_s=60.0)) == "30.0/60.0s"
-    assert render.fmt_train(runview("V", "running", train_s=7200.0, budget_s=36000.0)) == "2.0/10.0h"
-    assert render.fmt_train(runview("V", "running", train_s=5.0, fraction=0.25)) == "25%"
-    assert render.fmt_train(runview("V", "queued")) == "–"
+    assert fmt.fmt_train(runview("V", "running", train_s=30.0, budget_s=60.0)) == "30.0/60.0s"
+    assert fmt.fmt_train(runview("V", "running", train_s=7200.0, budget_s=36000.0)) == "2.0/10.0h"
+    assert fmt.fmt_train(runview("V", "running", train_s=5.0, fraction=0.25)) == "25%"
+    assert fmt.fmt_train(runview("V", "queued")) == "–"
 
 
 SPEC = """\
@@ -173,7 +176,7 @@ steps:
 def test_plan_table() -> None:
     plan = resolve(spec_from_text(SPEC), presets=PRESETS, vocab=TOKENIZER_VOCAB,
                    overrides=Overrides(seeds=(1, 2)))
-    out = show(render.render_plan(plan, {"V0": 7_248_640, "V1": 7_200_000})).splitlines()
+    out = show(plan_view.render_plan(plan, {"V0": 7_248_640, "V1": 7_200_000})).splitlines()
     assert out[0] == f"study gpt2-rmlp   spec {plan.spec_hash[:8]}   code head"
     assert out[1] == "overrides: --seeds 1,2"
     assert out[2].split() == ["step", "seed", "mechanisms", "config", "budget", "gpu-h", "params"]
@@ -182,13 +185,13 @@ def test_plan_table() -> None:
     assert out[6].split() == ["V1", "2", "causal", "+", "rmlp(R_ff=64)", h["V1", 2], "60m", "1.00",
                               "7,200,000"]
     assert out[7].split() == ["V2", "1", "causal", "+", "rmlp(R_ff=64)", h["V2", 1], "100it", "–", "–"]
-    assert render.fmt_gpu_hours(plan.runs) == "4.00 GPU-hours + 2 runs with no time budget"
-    no_params = show(render.render_plan(plan)).splitlines()
+    assert fmt.fmt_gpu_hours(plan.runs) == "4.00 GPU-hours + 2 runs with no time budget"
+    no_params = show(plan_view.render_plan(plan)).splitlines()
     assert "params" not in no_params[2]
 
 
 def test_studies_table() -> None:
-    out = show(render.render_studies(snapshot(runview("V0", "queued"), runview("V1", "lost"))))
+    out = show(status.render_studies(snapshot(runview("V0", "queued"), runview("V1", "lost"))))
     assert out.splitlines()[1].split()[:5] == ["gpt2-rmlp", "2", "1", "queued", "·"]
 
 
@@ -198,7 +201,7 @@ def test_live_redraws_until_done() -> None:
 
     def frame() -> tuple[RenderableType, bool]:
         frames.append(len(frames))
-        return render.render_status(snapshot(runview("V0", "running"))), len(frames) == 3
+        return status.render_status(snapshot(runview("V0", "running"))), len(frames) == 3
 
     console = Console(file=io.StringIO(), width=100, color_system=None)
     assert render.live(frame, interval=2.0, console=console, sleep=sleeps.append) == 3
