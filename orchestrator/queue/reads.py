@@ -34,7 +34,7 @@ _ATTEMPT_VIEW = (
     AttemptRow.train_s, AttemptRow.fraction, AttemptRow.loss, AttemptRow.val_loss,
     AttemptRow.best_val_loss, AttemptRow.heartbeat_at, AttemptRow.lease_expires_at,
     AttemptRow.finished_at, AttemptRow.error_type, AttemptRow.error_message,
-    AttemptRow.code_sha, AttemptRow.code_dirty,
+    AttemptRow.code_sha, AttemptRow.code_dirty, AttemptRow.phase, AttemptRow.eval_s,
 )
 
 # what an AttemptResult carries: not env_json (the largest JSON column, which no reader of
@@ -119,7 +119,8 @@ def snapshot(conn: Connection, now: datetime, label: str, study: str | None) -> 
                 "loss": a.loss, "val_loss": a.val_loss, "best_val_loss": a.best_val_loss,
                 "heartbeat_at": a.heartbeat_at, "lease_expires_at": a.lease_expires_at,
                 "finished_at": a.finished_at, "error": _error(a.error_type, a.error_message),
-                "code_sha": a.code_sha, "code_dirty": a.code_dirty,
+                "code_sha": a.code_sha, "code_dirty": a.code_dirty, "phase": a.phase,
+                "eval_s": a.eval_s,
             }),
         ))
 

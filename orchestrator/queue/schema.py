@@ -148,6 +148,10 @@ class AttemptRow(Base):
     best_val_loss: Mapped[float | None] = mapped_column(sa.Float)
     lr: Mapped[float | None] = mapped_column(sa.Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    phase: Mapped[str | None] = mapped_column(sa.String(32))
+    """progress.json's phase: preparing_data, training, eval, checkpoint, post_train, ..."""
+    eval_s: Mapped[float | None] = mapped_column(sa.Float)
+    """Seconds in evals and post-train evals, outside train_s."""
 
 
 class WorkerRow(Base):
