@@ -118,6 +118,23 @@ def fmt_train(run: RunView) -> str:
     return fmt_seconds(round(run.train_s, 1))
 
 
+PHASE_WORDS = {"training": "train", "eval": "eval", "checkpoint": "ckpt",
+               "preparing_data": "data", "post_train": "post"}
+
+
+def fmt_phase(phase: str | None) -> str:
+    """The trainer's phase in one short word: train, eval, ckpt, data, post (others as
+    they are, e.g. the final status a run reports just before it finishes)."""
+    return DASH if not phase else PHASE_WORDS.get(phase, phase)
+
+
+def fmt_eval(eval_s: float | None) -> str:
+    """Seconds in evals: '0.8s', '12s', '2.5m'."""
+    if eval_s is None:
+        return DASH
+    return f"{eval_s:.1f}s" if eval_s < 10 else fmt_seconds(round(eval_s))
+
+
 def counts_line(counts: Mapping[str, int]) -> str:
     """`1 running · 2 queued`, states in lifecycle order, zero counts left out."""
     order = {s: i for i, s in enumerate(STATE_ORDER)}

@@ -1,10 +1,17 @@
-"""The dashboard (`recip status`, the live view of `recip run`) and `recip queue ls`."""
+"""The dashboard (`recip status`, the live view of `recip run`) and `recip queue ls`.
+
+The run rows fit the console they are printed on: the table is laid out when rich renders
+it, at that console's width (so `--watch` follows a resized terminal), dropping the least
+important columns first (`DROP_ORDER`) and naming them on one dim line.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -14,12 +21,14 @@ from orchestrator.cli.format import (
     counts_line,
     fmt_age,
     fmt_count,
+    fmt_eval,
+    fmt_phase,
     fmt_seconds,
     fmt_train,
 )
 from orchestrator.cli.render import STATE_STYLE
 from orchestrator.cli.render.workers import attempt_names, render_workers
-from orchestrator.core.states import LEASED
+from orchestrator.core.states import LEASED, TERMINAL
 from orchestrator.core.views import RunView, Snapshot, StudyView
 
 DEFAULT_HEARTBEAT_S = 10.0
@@ -49,13 +58,17 @@ def _num(v: float | None, fmt: str = "{:.3f}") -> str:
     return DASH if v is None else fmt.format(v)
 
 
-STATUS_COLUMNS: tuple[tuple[str, bool, int | None], ...] = (
-    # name, right-aligned, max width; a run's flags go on their own line below it, in full
+Column = tuple[str, bool, int | None]
+"""(name, right-aligned, max width when the row must shrink; None: never cut)."""
+STATUS_COLUMNS: tuple[Column, ...] = (
     ("step", False, 24), ("seed", True, None), ("att", True, None), ("state", False, None),
-    ("worker", False, 16), ("iter", True, None), ("train", True, None), ("loss", True, None),
-    ("val_loss", True, None), ("tok/s", True, None), ("heartbeat", True, None),
+    ("phase", False, None), ("worker", False, 16), ("iter", True, None), ("train", True, None),
+    ("eval", True, None), ("loss", True, None), ("val_loss", True, None), ("tok/s", True, None),
+    ("heartbeat", True, None),
 )
-TERMINAL_STATES = ("succeeded", "failed", "timed_out", "lost", "cancelled")
+DROP_ORDER = ("heartbeat", "worker", "tok/s", "loss", "att", "eval", "phase", "iter", "val_loss")
+"""The columns a narrow console hides, the least important first; step, seed, state and
+train always stay. A run's flags go on their own line below it, in full, at any width."""
 BAR = 20
 
 
@@ -66,25 +79,45 @@ def tokens_per_s(run: RunView) -> float | None:
     return run.tokens / run.train_s
 
 
-def _remaining_s(run: RunView, typical: float | None) -> float | None:
-    """Training seconds the run still needs: its time budget left, else what its measured
-    fraction implies, else (queued, no time budget) the typical run's length."""
-    if run.state in TERMINAL_STATES:
+def eval_ratio(runs: Sequence[RunView]) -> float | None:
+    """Wall seconds per training second, (train_s + eval_s) / train_s, over the runs that
+    measured both; None while none has."""
+    train = evals = 0.0
+    for r in runs:
+        if r.train_s and r.eval_s is not None:
+            train += r.train_s
+            evals += r.eval_s
+    return (train + evals) / train if train else None
+
+
+def _remaining_s(run: RunView, typical: float | None, ratio: float | None) -> float | None:
+    """Wall seconds the run still needs: the training it has left (its time budget left,
+    else what its measured fraction implies, else, queued without a time budget, the
+    typical run's length) scaled by its measured (train_s + eval_s) / train_s, or by the
+    study's `ratio` while it has measured none."""
+    if run.state in TERMINAL:
         return 0.0
     used = run.train_s or 0.0
     if run.budget_s:
-        return max(run.budget_s - used, 0.0)
-    if run.fraction and run.train_s:
-        return run.train_s / run.fraction * (1 - run.fraction)
-    return typical
+        left: float | None = max(run.budget_s - used, 0.0)
+    elif run.fraction and run.train_s:
+        left = run.train_s / run.fraction * (1 - run.fraction)
+    else:
+        left = typical
+    if left is None:
+        return None
+    own = eval_ratio([run])
+    return left * (own or ratio or 1.0)
 
 
 def study_progress(study: StudyView, *, workers: int = 0) -> Text:
-    """`[██████░░░░] 3/8 runs done · budget 1.5/4.0h · ETA ~1.2h at 2 in parallel`: runs
-    finished, training time used of the time budgets, and the time left from the budgets and
-    the measured fraction of the runs without one, spread over the runs that train at once."""
+    """`[██████░░░░] 3/8 runs done · budget 1.5/4.0h used (+6m eval) · ETA ~1.2h incl. eval
+    at 2 in parallel`: runs finished, training time used of the time budgets and the eval
+    time beside it, and the wall time left: each run's training left (from its budget or
+    measured fraction) scaled by its measured eval overhead, spread over the runs that train
+    at once. "incl. eval" once some run has measured its eval time."""
     runs = study.runs
-    done = sum(1 for r in runs if r.state in TERMINAL_STATES)
+    done = sum(1 for r in runs if r.state in TERMINAL)
     total = len(runs)
     filled = round(BAR * done / total) if total else 0
     out = Text("[")
@@ -92,27 +125,32 @@ def study_progress(study: StudyView, *, workers: int = 0) -> Text:
     out.append("░" * (BAR - filled), style="dim")
     out.append(f"] {done}/{total} runs done")
     budget = sum(r.budget_s or 0.0 for r in runs)
+    evals = sum(r.eval_s or 0.0 for r in runs)
     if budget:
-        used = sum(min(r.train_s or 0.0, r.budget_s or 0.0) if r.state not in TERMINAL_STATES
+        used = sum(min(r.train_s or 0.0, r.budget_s or 0.0) if r.state not in TERMINAL
                    else (r.budget_s or 0.0) for r in runs)
         out.append(f" · budget {fmt_seconds(round(used))}/{fmt_seconds(round(budget))} used")
+    if evals:
+        out.append(f" (+{fmt_eval(evals)} eval)" if budget else f" · eval {fmt_eval(evals)}")
     lengths = [r.train_s / r.fraction for r in runs if r.fraction and r.train_s]
     lengths += [r.budget_s for r in runs if r.budget_s]
     typical = sum(lengths) / len(lengths) if lengths else None
-    left = [_remaining_s(r, typical) for r in runs]
+    ratio = eval_ratio(runs)
+    left = [_remaining_s(r, typical, ratio) for r in runs]
     if done < total:
-        running = sum(1 for r in runs if r.state in ("claimed", "running"))
+        running = sum(1 for r in runs if r.state in LEASED)
         parallel = max(running, workers, 1)
         if any(x is None for x in left):
             out.append(" · ETA unknown (no budget or progress yet)")
         else:
             eta = sum(x or 0.0 for x in left) / parallel
-            out.append(f" · ETA ~{fmt_seconds(max(round(eta), 1))} at {parallel} in parallel")
+            note = " incl. eval" if ratio is not None else ""
+            out.append(f" · ETA ~{fmt_seconds(max(round(eta), 1))}{note} at {parallel} in "
+                       "parallel")
     return out
 
 
-def text_table(columns: tuple[tuple[str, bool, int | None], ...],
-               rows: list[list[Text]]) -> Text:
+def text_table(columns: Sequence[Column], rows: Sequence[Sequence[Text]]) -> Text:
     """A plain column layout as one Text (no rich Table: 30x faster at 1,000 rows); cells
     wider than their column's max are cut with an ellipsis, lines never wrap."""
     widths = [len(name) for name, _, _ in columns]
@@ -123,7 +161,7 @@ def text_table(columns: tuple[tuple[str, bool, int | None], ...],
     out = Text(no_wrap=True, overflow="ellipsis")
     last = len(columns) - 1
 
-    def line(cells: list[Text], style: str = "") -> None:
+    def line(cells: Sequence[Text], style: str = "") -> None:
         for i, cell in enumerate(cells):
             plain = cell.plain
             if len(plain) > widths[i]:
@@ -144,39 +182,84 @@ def text_table(columns: tuple[tuple[str, bool, int | None], ...],
     return out
 
 
+def fit_columns(columns: Sequence[Column], rows: Sequence[Sequence[Text]],
+                width: int) -> tuple[list[Column], list[str]]:
+    """The columns that fit `width` and the names of those hidden: every column at its
+    natural width when that fits (a wide terminal shows long step and worker names in
+    full), else the columns cut to their max widths, dropping `DROP_ORDER` until the row
+    fits."""
+    natural = {name: len(name) for name, _, _ in columns}
+    for row in rows:
+        for (name, _, _), cell in zip(columns, row, strict=True):
+            natural[name] = max(natural[name], len(cell.plain))
+
+    def span(cols: Sequence[Column], capped: bool) -> int:
+        return sum(min(natural[n], cap) if capped and cap else natural[n]
+                   for n, _, cap in cols) + 2 * (len(cols) - 1)
+
+    if span(columns, capped=False) <= width:
+        return [(name, right, None) for name, right, _ in columns], []
+    shown, hidden = list(columns), []
+    for name in DROP_ORDER:
+        if span(shown, capped=True) <= width:
+            break
+        shown = [c for c in shown if c[0] != name]
+        hidden.append(name)
+    return shown, hidden
+
+
+@dataclass(frozen=True)
+class RunRows:
+    """The run rows of one study, laid out at the width of the console that prints them."""
+
+    rows: tuple[tuple[Text, ...], ...]
+    flags: dict[int, str]
+    """Row index -> the run's flags, printed in full on their own line below it."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        columns, hidden = fit_columns(STATUS_COLUMNS, self.rows, width)
+        keep = [i for i, (name, _, _) in enumerate(STATUS_COLUMNS)
+                if name in {c[0] for c in columns}]
+        table = text_table(columns, [[row[i] for i in keep] for row in self.rows])
+        for i, line in enumerate(table.split("\n")):  # line 0 is the column header
+            line.no_wrap, line.overflow = True, "ellipsis"
+            yield line
+            if i - 1 in self.flags:
+                yield Text.assemble("    flags: ", (self.flags[i - 1], "yellow"))
+        if hidden:
+            yield Text(f"hidden: {', '.join(hidden)} (a wider terminal or `--json` shows them)",
+                       style="dim")
+
+
+def run_row(r: RunView, now: datetime) -> tuple[Text, ...]:
+    """One run's cells, in STATUS_COLUMNS order."""
+    state = r.state or "new"
+    label = f"{state}:{r.failure_kind}" if r.failure_kind else state
+    rate = tokens_per_s(r)
+    return (
+        Text(r.step), Text(str(r.seed)),
+        Text(DASH if r.attempt_no is None else str(r.attempt_no)),
+        Text(label, style=STATE_STYLE.get(state, "")),
+        Text(fmt_phase(r.phase) if r.state in LEASED else DASH,
+             style="yellow" if r.state in LEASED and r.phase not in (None, "training") else ""),
+        Text(r.worker or DASH), Text(_num(r.iter, "{}")), Text(fmt_train(r)),
+        Text(fmt_eval(r.eval_s)), Text(_num(r.loss)), Text(_num(r.val_loss)),
+        Text(DASH if rate is None else fmt_count(rate)), heartbeat_cell(r, now),
+    )
+
+
 def render_study(study: StudyView, *, db: str, now: datetime, workers: int = 0) -> RenderableType:
     """Header line (name, counts, DB, time), the study's progress bar and ETA, then one row
-    per run; a run's flags follow on their own indented line, never cut."""
+    per run fitted to the console's width; a run's flags follow on their own indented
+    line, never cut."""
     header = Text.assemble(
         (study.name, "bold"), "  ", counts_line(study.counts), "   ", (db, "dim"),
         "   ", now.astimezone(UTC).strftime("%H:%M:%S"),
     )
-    rows = []
-    flags: dict[int, str] = {}
-    for r in study.runs:
-        state = r.state or "new"
-        label = f"{state}:{r.failure_kind}" if r.failure_kind else state
-        rate = tokens_per_s(r)
-        rows.append([
-            Text(r.step), Text(str(r.seed)),
-            Text(DASH if r.attempt_no is None else str(r.attempt_no)),
-            Text(label, style=STATE_STYLE.get(state, "")),
-            Text(r.worker or DASH), Text(_num(r.iter, "{}")), Text(fmt_train(r)),
-            Text(_num(r.loss)), Text(_num(r.val_loss)),
-            Text(DASH if rate is None else fmt_count(rate)), heartbeat_cell(r, now),
-        ])
-        if r.flags:
-            flags[len(rows) - 1] = ", ".join(r.flags)
-    table = text_table(STATUS_COLUMNS, rows)
-    if not flags:
-        return Group(header, study_progress(study, workers=workers), table)
-    pieces: list[RenderableType] = [header, study_progress(study, workers=workers)]
-    for i, line in enumerate(table.split("\n")):  # line 0 is the column header
-        line.no_wrap, line.overflow = True, "ellipsis"
-        pieces.append(line)
-        if i - 1 in flags:
-            pieces.append(Text.assemble("    flags: ", (flags[i - 1], "yellow")))
-    return Group(*pieces)
+    rows = tuple(run_row(r, now) for r in study.runs)
+    flags = {i: ", ".join(r.flags) for i, r in enumerate(study.runs) if r.flags}
+    return Group(header, study_progress(study, workers=workers), RunRows(rows, flags))
 
 
 def render_status(snapshot: Snapshot, *, now: datetime | None = None) -> RenderableType:
