@@ -300,7 +300,7 @@ def attempt_json(run: RunHistory, a: AttemptRecord, history: StudyHistory) -> di
 
 
 _RESULT_SUMMARY = ("status", "best_val_loss", "final_val_loss", "final_train_loss", "iters",
-                   "tokens", "train_s", "wall_s", "tokens_per_s", "final_lr", "peak_mem_mb",
+                   "tokens", "train_s", "eval_s", "wall_s", "tokens_per_s", "final_lr", "peak_mem_mb",
                    "resumed_from_iter", "torch_version")
 
 
