@@ -226,7 +226,8 @@ def bench_snapshot(url: str, repeats: int = 7) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         out["snapshot_ms"] = 1000 * statistics.median(times)
         try:
-            from orchestrator.cli.render import make_console, render_status
+            from orchestrator.cli.render import make_console
+            from orchestrator.cli.render.status import render_status
         except ImportError:
             return out
         times = []

@@ -38,8 +38,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from models.presets import PRESETS, TOKENIZER_VOCAB
-from orchestrator.cli import render
 from orchestrator.cli.app import run as cli
+from orchestrator.cli.render import make_console
+from orchestrator.cli.render.status import render_status
 from orchestrator.core.loader import spec_from_text
 from orchestrator.core.plan import StudyPlan
 from orchestrator.core.resolve import Overrides, resolve
@@ -160,8 +161,8 @@ def measure(url: str, repeats: int) -> dict[str, Any]:
         res["snapshot_ms"], snap = timed(lambda: repo.snapshot(now, STUDY), repeats)
 
         def draw() -> str:
-            console = render.make_console(io.StringIO(), width=100)
-            console.print(render.render_status(snap, now=now))
+            console = make_console(io.StringIO(), width=100)
+            console.print(render_status(snap, now=now))
             return str(console.file.getvalue())  # type: ignore[attr-defined]
 
         res["render_ms"], text = timed(draw, repeats)

@@ -324,6 +324,7 @@ def _train_attempt(config_path: Path, outdir: Path, resume_from: Path | None, st
         best_val_loss=out.best_val_loss, best_val_iter=out.best_val_iter,
         final_train_loss=out.final_train_loss, iters=out.iters, tokens=out.tokens,
         train_s=round(out.train_s, 3), wall_s=round(out.wall_s, 3), compile_s=round(out.compile_s, 3),
+        eval_s=round(out.eval_s, 3),
         final_lr=out.final_lr, effective_batch_tokens=out.effective_batch_tokens,
         tokens_per_s=round(out.tokens_per_s, 1), peak_mem_mb=round(_peak_mem_mb(dev.is_cuda), 1),
         resumed_from_iter=out.resumed_from_iter, spam=out.spam, post_train=out.post_train,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -32,6 +32,9 @@ from orchestrator.cli.common import (
 )
 from orchestrator.cli.submit import build_plan, plan_json
 from orchestrator.core.errors import UnknownStudy
+
+if TYPE_CHECKING:
+    from orchestrator.core.plan import StudyPlan
 
 __all__ = ["app", "build_plan", "plan_json"]
 
@@ -59,8 +62,8 @@ def submit(
     json_out: JsonOption = False,
 ) -> None:
     """Validate a study spec, dry-run its models, and queue its runs (idempotent)."""
-    from orchestrator.cli import render
     from orchestrator.cli import submit as pipeline
+    from orchestrator.cli.format import fmt_gpu_hours
 
     ov = pipeline.overrides(preset=preset, dataset=dataset, tokenizer=tokenizer, time=time,
                             max_iters=max_iters, seeds=seeds, sets=sets)
@@ -71,18 +74,20 @@ def submit(
         pipeline.ensure_database_ready(url)
     params = None
     if not no_check:
-        with render.check_progress(plan) as progress:
+        from orchestrator.cli.render import check_progress
+
+        with check_progress(plan) as progress:
             params = pipeline.check_plan_or_raise(plan, str(file), step_list, progress=progress,
                                                   queueing=not plan_only)
         warning = pipeline.slow_here_warning(plan, params, has_gpu=pipeline.has_gpu())
         if warning:
             say(warning)
-    gpu = render.fmt_gpu_hours(plan.runs)
+    gpu = fmt_gpu_hours(plan.runs)
     if plan_only:
         if json_out:
             emit_json(plan_json(plan))
         else:
-            render.print_renderable(render.render_plan(plan, params))
+            print_plan(plan, params)
         say(f"{len(plan.runs)} run{'' if len(plan.runs) == 1 else 's'}, {gpu}. "
             "Nothing queued (--plan).")
         return
@@ -96,11 +101,19 @@ def submit(
                    "new_runs": len(result.new_runs), "unchanged_runs": result.unchanged_runs,
                    "changed_steps": list(result.changed_steps)})
     elif result.changed:
-        render.print_renderable(render.render_plan(plan, params))
+        print_plan(plan, params)
     for line in pipeline.describe_submit(result, len(plan.runs)):
         say(line)
     if result.changed:
         say(f"{gpu} in total; watch with `recip status {plan.name} --watch`")
+
+
+def print_plan(plan: StudyPlan, params: dict[str, int] | None) -> None:
+    """The plan table on stdout (rich is imported here, so `--json` never loads it)."""
+    from orchestrator.cli.render import print_renderable
+    from orchestrator.cli.render.plan import render_plan
+
+    print_renderable(render_plan(plan, params))
 
 
 @app.command("ls")
@@ -119,9 +132,10 @@ def ls(json_out: JsonOption = False, db: DbOption = None) -> None:
     if not snap.studies:
         say(f"no studies in {snap.db}; submit one with `recip queue submit FILE`")
         return
-    from orchestrator.cli import render
+    from orchestrator.cli.render import print_renderable
+    from orchestrator.cli.render.status import render_studies
 
-    render.print_renderable(render.render_studies(snap))
+    print_renderable(render_studies(snap))
 
 
 @app.command("cancel")

@@ -120,7 +120,8 @@ def render_text(rep: Report, fmt: Format, plots: list[Path], out: Path | None, *
     if fmt is Format.md:
         return to_markdown(rep, plots, relative_to=out.parent if out is not None else None,
                            notes=notes)
-    from orchestrator.cli.render_report import make_console, render_report
+    from orchestrator.cli.render import make_console
+    from orchestrator.cli.render.report import render_report
 
     buf = io.StringIO()
     colour = out is None and sys.stdout.isatty()

@@ -300,7 +300,7 @@ def attempt_json(run: RunHistory, a: AttemptRecord, history: StudyHistory) -> di
 
 
 _RESULT_SUMMARY = ("status", "best_val_loss", "final_val_loss", "final_train_loss", "iters",
-                   "tokens", "train_s", "wall_s", "tokens_per_s", "final_lr", "peak_mem_mb",
+                   "tokens", "train_s", "eval_s", "wall_s", "tokens_per_s", "final_lr", "peak_mem_mb",
                    "resumed_from_iter", "torch_version")
 
 
@@ -314,7 +314,7 @@ def show(
 ) -> None:
     """Every attempt of a step with its provenance: state, failure and advice, commit and
     diff hash, config and spec hashes, versions, device, host, artifacts, times, result."""
-    from orchestrator.cli.render_history import show_lines
+    from orchestrator.cli.render.history import show_lines
     from orchestrator.queue.repo import QueueRepo
 
     with QueueRepo.open(db_url(db)) as repo:

@@ -85,8 +85,9 @@ def run(
     interval: Annotated[float, typer.Option(hidden=True)] = 2.0,
 ) -> None:
     """Submit a study, run it on local workers with a live dashboard, then report it."""
-    from orchestrator.cli import render
     from orchestrator.cli import submit as pipeline
+    from orchestrator.cli.render import check_progress, make_console, print_renderable
+    from orchestrator.cli.render.status import render_status
     from orchestrator.cli.workers_cmd import (
         absolute_db_url,
         drive,
@@ -103,7 +104,7 @@ def run(
     url = absolute_db_url(db_url(db))
     pipeline.ensure_database_ready(url)  # fails on a database not at head before the checks
     if not no_check:
-        with render.check_progress(plan) as progress:
+        with check_progress(plan) as progress:
             params = pipeline.check_plan_or_raise(plan, str(file), step_list, progress=progress)
         warning = pipeline.slow_here_warning(plan, params, has_gpu=pipeline.has_gpu())
         if warning:
@@ -126,7 +127,7 @@ def run(
                     f"runs in {config.runs_dir}; Ctrl-C stops cleanly")
                 started = time.monotonic()
                 outcome = drive(pool, repo, study=plan.name, interval=interval,
-                                render=lambda snap, p: render.render_status(snap),
+                                render=lambda snap, p: render_status(snap),
                                 live=sys.stdout.isatty())
             finally:
                 pool.shutdown()
@@ -139,7 +140,7 @@ def run(
 
         snap = take_snapshot(repo, plan.name)
     if not sys.stdout.isatty():
-        render.print_renderable(render.render_status(snap))
+        print_renderable(render_status(snap), make_console(wide=True))
     runs = [r for s in snap.studies for r in s.runs]
     bad = [r for r in runs if r.state != "succeeded"]
     say(f"study {plan.name}: {len(runs) - len(bad)}/{len(runs)} runs succeeded in "

@@ -111,8 +111,8 @@ def run_until_decided(repo: QueueRepo, study: str, config: PoolConfig, first: Dr
     it stopped. Returns the last round's DriveResult (`first` when none ran)."""
     import sys
 
-    from orchestrator.cli import render
     from orchestrator.cli.decide import hours_per_seed, until_decided
+    from orchestrator.cli.render.status import render_status
     from orchestrator.cli.workers_cmd import drive
     from orchestrator.report.analysis import analyze
     from workers.pool import WorkerPool
@@ -135,7 +135,7 @@ def run_until_decided(repo: QueueRepo, study: str, config: PoolConfig, first: Dr
         try:
             pool.start()
             last[0] = drive(pool, repo, study=study, interval=interval,
-                            render=lambda snap, p: render.render_status(snap),
+                            render=lambda snap, p: render_status(snap),
                             live=sys.stdout.isatty())
         finally:
             pool.shutdown()

@@ -111,7 +111,8 @@ def status(
         if json_out:
             emit_json(snapshot_json(take_snapshot(repo, study)))
             return
-        from orchestrator.cli import render
+        from orchestrator.cli.render import live, make_console, print_renderable
+        from orchestrator.cli.render.status import render_status
 
         if not watch:
             read: dict[str, StudyResults] = {}
@@ -119,7 +120,7 @@ def status(
             if not snap.studies:
                 say(f"no studies in {snap.db}; submit one with `recip queue submit FILE`")
                 return
-            render.print_renderable(render.render_status(snap))
+            print_renderable(render_status(snap), make_console(wide=True))
             from orchestrator.cli.decision_cache import study_decision
 
             for view in snap.studies:  # `4 of 6 comparisons decided; V4 vs V3 needs ~4 more`
@@ -131,10 +132,10 @@ def status(
         def frame() -> tuple[Any, bool]:
             snap = take_snapshot(repo, study)
             done = study is not None and all(s.done for s in snap.studies)
-            return render.render_status(snap), done
+            return render_status(snap), done
 
         try:
-            render.live(frame, interval=interval, max_frames=frames)
+            live(frame, interval=interval, max_frames=frames, console=make_console(wide=True))
         except KeyboardInterrupt:
             pass
 

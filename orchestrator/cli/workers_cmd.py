@@ -173,7 +173,8 @@ def drive(pool: WorkerPool, repo: QueueRepo, *,
           live: bool = True) -> DriveResult:
     """Run the pool in the foreground with a live view until its workers end, `study` is
     done, or a signal asks to stop (then stop cleanly; a second signal kills)."""
-    from orchestrator.cli import render as base
+    from orchestrator.cli.render import live as live_view
+    from orchestrator.cli.render import make_console
     from orchestrator.cli.status_cmd import take_snapshot
 
     signals = StopSignals()
@@ -201,7 +202,7 @@ def drive(pool: WorkerPool, repo: QueueRepo, *,
 
     with signals.installed():
         if live:
-            base.live(frame, interval=interval, console=base.make_console())
+            live_view(frame, interval=interval, console=make_console(wide=True))
         else:
             while True:
                 _, done = frame()
@@ -259,7 +260,7 @@ def up(
 
     With --address each box runs its own `workers up`: its workers stay on its own Ray
     node and use its own checkout, runs dir and data (docs/cluster.md)."""
-    from orchestrator.cli.render_workers import render_pool
+    from orchestrator.cli.render.workers import render_pool
     from workers.pool import WorkerPool
 
     url = absolute_db_url(db_url(db))
@@ -307,11 +308,13 @@ def ls(
         say(f"no {'' if all_ else 'live '}workers in {snap.db}; start some with "
             "`recip workers up`")
         return
-    from orchestrator.cli import render
-    from orchestrator.cli.render_workers import render_worker_table
+    from orchestrator.cli.render import print_renderable
+    from orchestrator.cli.render.workers import attempt_names, render_workers
 
-    render.print_renderable(render_worker_table(workers, now=snap.taken_at,
-                                                include_stopped=all_))
+    table = render_workers(workers, now=snap.taken_at, names=attempt_names(snap),
+                           include_stopped=all_)
+    if table is not None:
+        print_renderable(table)
     from orchestrator.core.unclaimed import quarantined
 
     for line in quarantined(snap):

@@ -27,6 +27,11 @@ class RunView:
     iter: int | None = None
     tokens: int | None = None
     train_s: float | None = None
+    eval_s: float | None = None
+    """Seconds in evals and post-train evals so far, outside train_s."""
+    phase: str | None = None
+    """What the trainer last said it does (training, eval, checkpoint, preparing_data,
+    post_train, ...); meaningful while the attempt holds a lease."""
     budget_s: float | None = None
     fraction: float | None = None
     """Budget used, 0..1."""

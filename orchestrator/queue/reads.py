@@ -41,7 +41,7 @@ _ATTEMPT_VIEW = (
     ATTEMPTS.c.train_s, ATTEMPTS.c.fraction, ATTEMPTS.c.loss, ATTEMPTS.c.val_loss,
     ATTEMPTS.c.best_val_loss, ATTEMPTS.c.heartbeat_at, ATTEMPTS.c.lease_expires_at,
     ATTEMPTS.c.finished_at, ATTEMPTS.c.error_type, ATTEMPTS.c.error_message,
-    ATTEMPTS.c.code_sha, ATTEMPTS.c.code_dirty,
+    ATTEMPTS.c.code_sha, ATTEMPTS.c.code_dirty, ATTEMPTS.c.phase, ATTEMPTS.c.eval_s,
 )
 
 # what an AttemptResult carries: not env_json (the largest JSON column, which no reader of
@@ -126,7 +126,8 @@ def snapshot(conn: Connection, now: datetime, label: str, study: str | None) -> 
                 "loss": a.loss, "val_loss": a.val_loss, "best_val_loss": a.best_val_loss,
                 "heartbeat_at": a.heartbeat_at, "lease_expires_at": a.lease_expires_at,
                 "finished_at": a.finished_at, "error": _error(a.error_type, a.error_message),
-                "code_sha": a.code_sha, "code_dirty": a.code_dirty,
+                "code_sha": a.code_sha, "code_dirty": a.code_dirty, "phase": a.phase,
+                "eval_s": a.eval_s,
             }),
         ))
 

@@ -60,12 +60,14 @@ LIVE = states.values(states.LIVE)
 PROGRESS_KEYS: dict[str, type] = {
     "iter": int, "tokens": int, "train_s": float, "fraction": float,
     "loss": float, "val_loss": float, "best_val_loss": float, "lr": float,
+    "eval_s": float, "phase": str,
 }
 RESULT_TO_COLUMN = {
     "iters": "iter", "tokens": "tokens", "train_s": "train_s",
     "final_val_loss": "val_loss", "best_val_loss": "best_val_loss",
-    "final_train_loss": "loss", "final_lr": "lr",
+    "final_train_loss": "loss", "final_lr": "lr", "eval_s": "eval_s",
 }
+_PHASE_MAX = 32  # attempts.phase is a String(32)
 _MESSAGE_MAX = 8000
 
 
@@ -87,8 +89,12 @@ def _aware(now: datetime) -> datetime:
 
 
 def _number(kind: type, value: Any) -> Any:
+    """A progress or result value as its column's type; None when it is not one (NaN too).
+    A string column (the phase) takes only a string, cut to the column's width."""
     if value is None:
         return None
+    if kind is str:
+        return value[:_PHASE_MAX] if isinstance(value, str) else None
     try:
         out = kind(value)
     except (TypeError, ValueError, OverflowError):

@@ -128,6 +128,9 @@ ATTEMPTS = sa.Table(
     _col("best_val_loss", sa.Float, null=True),
     _col("lr", sa.Float, null=True),
     _col("created_at", UTCDateTime()),
+    # progress.json's phase: preparing_data, training, eval, checkpoint, post_train, ...
+    _col("phase", sa.String(32), null=True),
+    _col("eval_s", sa.Float, null=True),
     sa.UniqueConstraint("run_id", "attempt_no"),
     sa.CheckConstraint(_in("state", STATES), name="state"),
     sa.CheckConstraint(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.cli.render_history import config_diff, show_lines
+from orchestrator.cli.render.history import config_diff, show_lines
 from orchestrator.queue.history import AttemptRecord, RunHistory, StudyHistory
 
 BASE = {"study": "s", "step": "V0", "seed": 1,

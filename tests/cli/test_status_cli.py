@@ -71,16 +71,20 @@ def test_status_shows_progress_and_reaps_expired_leases(
                    code_sha="abc", code_dirty=False, diff_hash=None, host="gpu-a", gpu="0",
                    pid=101, env={})
         repo.heartbeat(live.attempt_id, "gpu-a:0", now(), LEASE,
-                       {"iter": 2210, "train_s": 270.0, "val_loss": 3.588})
+                       {"iter": 2210, "train_s": 270.0, "val_loss": 3.588, "phase": "eval",
+                        "eval_s": 30.0})
         dead = repo.claim("gpu-a:1", now() - timedelta(minutes=10), LEASE)
         assert dead is not None
     assert run(["status", "watchme", "--db", study]) == 0
     out, err = capsys.readouterr()
     assert err == "reaped 1 expired lease\n"
     rows = {row[0]: row for row in table(out)}
-    assert rows["V0"][:9] == ["V0", "1", "1", "running", "gpu-a:0", "2210", "4.5/10.0m",
-                              "–", "3.588"]  # train loss: not in this heartbeat
-    assert rows["V0"][10] in ("0s", "1s", "2s")
+    assert rows["V0"][:11] == ["V0", "1", "1", "running", "eval", "gpu-a:0", "2210",
+                               "4.5/10.0m", "30s", "–", "3.588"]  # no train loss in it
+    assert rows["V0"][12] in ("0s", "1s", "2s")
+    # (330 s of V0's budget left + V1's 600 s) x (270 + 30) / 270, over 2 workers: 517 s
+    assert ("budget 4.5m/20m used (+30s eval) · ETA ~8.6m incl. eval at 2 in parallel"
+            in " ".join(out.split()))
     assert rows["V1"][:4] == ["V1", "1", "2", "queued"]   # lost, then its next attempt
     assert "workers" in out and "gpu-a:1" in out
     # the second look reaps nothing

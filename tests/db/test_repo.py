@@ -188,6 +188,33 @@ def test_a_full_attempt_life(repo, plan_factory, fake_clock):
         c.attempt_id: {"val_loss": [(50, 4.6)]}}
 
 
+def test_heartbeats_carry_the_phase_and_eval_seconds_into_the_snapshot(repo, plan_factory,
+                                                                      fake_clock):
+    repo.submit(plan_factory(steps=("V0",)), fake_clock.now())
+    c = repo.claim("w1", fake_clock.now(), LEASE)
+    start(repo, c, "w1", fake_clock)
+
+    def run() -> Any:
+        return repo.snapshot(fake_clock.now()).studies[0].runs[0]
+
+    assert (run().phase, run().eval_s) == (None, None)
+    repo.heartbeat(c.attempt_id, "w1", fake_clock.now(), LEASE,
+                   {"phase": "preparing_data", "iter": 0, "train_s": 0.0})
+    assert (run().phase, run().eval_s) == ("preparing_data", None)
+    fake_clock.advance(10)
+    repo.heartbeat(c.attempt_id, "w1", fake_clock.now(), LEASE,
+                   {"phase": "eval", "iter": 20, "train_s": 8.0, "eval_s": 1.25})
+    assert (run().phase, run().eval_s, run().train_s) == ("eval", 1.25, 8.0)
+    # a phase that is not a string is dropped, an over-long one cut to the column
+    repo.heartbeat(c.attempt_id, "w1", fake_clock.now(), LEASE, {"phase": 7, "eval_s": "x"})
+    assert (run().phase, run().eval_s) == (None, None)
+    repo.heartbeat(c.attempt_id, "w1", fake_clock.now(), LEASE, {"phase": "p" * 50})
+    assert run().phase == "p" * 32
+    repo.finish(c.attempt_id, "w1", fake_clock.now(), AttemptState.SUCCEEDED, exit_code=0,
+                result={"status": "succeeded", "iters": 40, "train_s": 16.0, "eval_s": 2.5})
+    assert (run().state, run().eval_s, run().train_s) == ("succeeded", 2.5, 16.0)
+
+
 def test_nan_metrics_read_back_as_nan_and_nan_results_are_stored(repo, plan_factory, fake_clock):
     repo.submit(plan_factory(steps=("V0",)), fake_clock.now())
     c = repo.claim("w1", fake_clock.now(), LEASE)

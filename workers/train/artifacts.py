@@ -92,6 +92,7 @@ class Progress(TypedDict, total=False):
     val_loss: float | None
     best_val_loss: float | None
     lr: float | None
+    eval_s: float
     pid: int
     updated_at: str
 
@@ -137,6 +138,9 @@ class Result(TypedDict):
     flops_per_token: float | None
     peak_flops: float | None
     mfu: float | None
+    # added by the dashboard's timing (additive): wall seconds in evals and post-train evals,
+    # outside train_s, summed over the attempts a checkpoint chain resumed through
+    eval_s: float | None
     # added by the checkpoint fallback (additive): {"skipped": [{path, error}], "resumed_from":
     # path or None, "fresh_start": bool} when an unreadable checkpoint was passed over
     checkpoint_fallback: dict[str, Any] | None

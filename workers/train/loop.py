@@ -4,6 +4,8 @@
   evaluates (always a final eval), checkpoints, runs the mechanisms' post_train hooks, stops
 - the Clock counts training only: paused around eval, checkpoints and post-training; with
   torch.compile the first iteration of a process is booked as compile time
+- eval_s: wall seconds spent in evals and post-training evals (monotonic clock), kept across
+  resumes, so the dashboard can count them in its timing
 - LR (schedule.py) and the coupling scale cs (mechanisms.md §9) are set BEFORE each forward
   from the budget progress
 - "iter" in every record = optimizer steps completed; eval at iter 0 is optional
@@ -45,6 +47,7 @@ class LoopState:
     warmup_progress: float | None = None  # budget progress when the LR warmup ended (schedule.py)
     evaluated_at: int = -1
     checkpointed_at: int = -1
+    eval_s: float = 0.0                   # seconds in evals + post-train evals, all attempts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +65,7 @@ class TrainResult:
     train_s: float
     wall_s: float
     compile_s: float
+    eval_s: float                          # evals + post-train evals, outside train_s
     final_val_loss: float | None
     best_val_loss: float | None
     best_val_iter: int | None
@@ -127,7 +131,7 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
             "wall_s": round(wall, 3), "fraction": round(frac, 5),
             "eta_s": round(wall / frac * (1 - frac), 1) if frac > 0 else None,
             "loss": st.last_loss, "val_loss": st.val_loss, "best_val_loss": st.best_val_loss,
-            "lr": st.lr,
+            "lr": st.lr, "eval_s": round(st.eval_s, 3),
         })
 
     def checkpoint() -> None:
@@ -152,7 +156,9 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
         if do_eval and not interrupted and st.evaluated_at != st.it:
             with clock.paused():
                 report("eval")
+                t_eval = time.monotonic()
                 losses = estimate_loss(fwd, batches, t.eval_batches, device)
+                st.eval_s += time.monotonic() - t_eval
                 st.train_loss, st.val_loss = losses["train"], losses["val"]
                 st.evaluated_at = st.it
                 if math.isfinite(st.val_loss) and (st.best_val_loss is None or st.val_loss < st.best_val_loss):
@@ -183,6 +189,7 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
         if last:
             with clock.paused():
                 report("post_train")
+                t_eval = time.monotonic()
                 model.eval()
                 for m in model.modules():
                     hook = getattr(m, "post_train", None)
@@ -191,6 +198,7 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
                                    lambda: estimate_loss(model, batches, t.eval_batches, device, ("val",))["val"])
                         post.update({k: float(v) for k, v in (out or {}).items()})
                 model.train()
+                st.eval_s += time.monotonic() - t_eval
                 if post:
                     sink.log(st.it, st.tokens, clock.train_s, dict(post))
             break
@@ -263,7 +271,7 @@ def train(cfg: TrainConfig, model, optimizer, batches, clock: Clock, sink: Metri
     report(status)
     return TrainResult(
         status=status, iters=st.it, tokens=st.tokens, train_s=clock.train_s, wall_s=clock.wall_s,
-        compile_s=clock.compile_s, final_val_loss=st.val_loss if st.evaluated_at == st.it else None,
+        compile_s=clock.compile_s, eval_s=st.eval_s, final_val_loss=st.val_loss if st.evaluated_at == st.it else None,
         best_val_loss=st.best_val_loss, best_val_iter=st.best_val_iter,
         final_train_loss=st.train_loss if st.evaluated_at == st.it else st.last_loss,
         final_lr=st.lr, tokens_per_s=st.tokens / clock.train_s if clock.train_s > 0 else 0.0,

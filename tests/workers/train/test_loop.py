@@ -74,7 +74,7 @@ class ProbeGPT(GPT):
 
 
 def _run(token_dir: Path, tmp_path: Path, model_cls=GPT, model_kwargs=None, stop=None, time_fn=None,
-         ckpt=True, resume=None, **train_overrides):
+         ckpt=True, resume=None, progress=None, **train_overrides):
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig.from_dict(run_config(**train_overrides))
     gcfg = GPTConfig.from_dict({**cfg.gpt_config().to_dict(), "vocab_size": 320})
@@ -88,7 +88,7 @@ def _run(token_dir: Path, tmp_path: Path, model_cls=GPT, model_kwargs=None, stop
     lines: list[str] = []
     result = train(cfg, model, opt, batches, clock, sink, device=dev,
                    ckpt_path=tmp_path / "checkpoint.pt" if ckpt else None, resume=resume,
-                   stop=stop, log=lines.append)
+                   stop=stop, log=lines.append, progress=progress)
     return result, sink, model, lines
 
 
@@ -104,6 +104,24 @@ def test_iteration_budget_evaluates_at_start_every_eval_every_and_last(token_dir
     assert any(line.startswith("step 00010 | loss ") and "| lr " in line and "| tok/s " in line
                for line in lines)
     assert read_checkpoint(tmp_path / "checkpoint.pt")["loop"]["it"] == 40
+
+
+def test_eval_seconds_are_counted_reported_and_kept_out_of_the_training_clock(token_dir, tmp_path):
+    reports: list[dict[str, Any]] = []
+    res, sink, model, _ = _run(token_dir, tmp_path, model_cls=ProbeGPT, budget={"iters": 12},
+                               eval_every=5, eval_batches=8, progress=reports.append)
+    assert model.post_calls                                      # a post-train eval ran too
+    assert res.eval_s > 0
+    assert [r["phase"] for r in reports if r["phase"] != "training"] == [
+        "eval", "eval", "checkpoint", "eval", "checkpoint", "eval", "checkpoint", "post_train",
+        "succeeded"]                                             # iters 0, 5, 10 and the last, 12
+    seen = [r["eval_s"] for r in reports]
+    assert seen == sorted(seen) and seen[0] == 0.0               # accumulates, never resets
+    assert reports[-1]["eval_s"] == round(res.eval_s, 3)
+    # the post-train eval is counted: eval_s grows between the post_train and final reports
+    post = next(i for i, r in enumerate(reports) if r["phase"] == "post_train")
+    assert reports[-1]["eval_s"] > reports[post]["eval_s"]
+    assert res.eval_s < res.wall_s                               # wall time includes it
 
 
 def test_eval_at_start_can_be_skipped(token_dir, tmp_path):
@@ -200,6 +218,7 @@ def test_resume_from_checkpoint_gives_the_same_curve(token_dir, tmp_path):
     res = train(cfg, model, opt, batches, clock, sink, device=setup_device("cpu", "float32"),
                 ckpt_path=tmp_path / "part" / "checkpoint.pt", resume=loop, log=lambda s: None)
     assert res.resumed_from_iter == 8 and res.iters == 20
+    assert res.eval_s > loop["eval_s"] > 0                      # eval time kept across the resume
     assert sink.series("loss") == [(it, v) for it, v in full.series("loss") if it > 8]
     assert sink.series("val_loss") == [(it, v) for it, v in full.series("val_loss") if it > 8]
 

@@ -85,6 +85,7 @@ def test_tiny_kjv_30s_budget(kjv_byte, data_root, tmp_path):
     assert result["params"]["total"] > 0 and result["device"] == "cpu"
     assert result["precision"]["autocast_dtype"] is None and result["precision"]["threads"] == 1
     assert progress["iter"] == result["iters"] and progress["phase"] == "succeeded"
+    assert result["eval_s"] > 0 and progress["eval_s"] == result["eval_s"]
     assert (out / artifacts.METRICS).stat().st_size > 0 and (out / artifacts.CHECKPOINT).exists()
     assert "step " in proc.stdout and "| tok/s " in proc.stdout
 

@@ -1,15 +1,14 @@
-"""Pure Report -> rich renderables for `recip report --format table`."""
+"""`recip report --format table`: a Report as rich renderables."""
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from collections.abc import Sequence
-from typing import IO
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.text import Text
 
+from orchestrator.cli.render import WIDTH
 from orchestrator.report.export import (
     comparison_notes,
     fmt_ci,
@@ -24,23 +23,12 @@ from orchestrator.report.export import (
 )
 from orchestrator.report.values import Report
 
-WIDTH = 100
 VERDICT_STYLE = {"better": "green", "worse": "red", "equivalent": "cyan", "inconclusive": "dim",
                  "confounded": "magenta", "pending": "yellow"}
 RULE_STYLE = {"fired": "bold red", "quiet": "green", "pending": "yellow",
               "inconclusive": "dim", "confounded": "magenta"}
 EXPECT_STYLE = {"inside": "green", "below": "red", "above": "red", "pending": "yellow",
                 "not comparable": "dim"}
-
-
-def make_console(file: IO[str] | None = None, *, width: int | None = None,
-                 colour: bool | None = None) -> Console:
-    """A console of at most 100 columns; `colour` None = rich's own terminal detection."""
-    console = Console(file=file or sys.stdout, highlight=False, soft_wrap=False,
-                      force_terminal=colour or None,
-                      color_system="auto" if colour is not False else None)
-    console.width = min(width or console.width, WIDTH)
-    return console
 
 
 Cell = tuple[str, str]
