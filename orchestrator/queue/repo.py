@@ -496,8 +496,11 @@ class QueueRepo:
         for attempt_id, run_id, worker in rows:
             self._event(conn, [attempt_id], now, "lost", {"worker": worker})
             self._queue_next(conn, run_id, now, reason="lost", after=attempt_id)
-            logger.warning("lease expired", extra={"action": "attempt_lost",
-                                                   "attempt": attempt_id, "worker": worker})
+            # info, not warning: the caller says it once (`recip status`: "reaped N expired
+            # leases"), the `lost` event records each; a bare line per attempt was noise
+            logger.info("attempt %s of worker %s: lease expired, marked lost", attempt_id,
+                        worker, extra={"action": "attempt_lost", "attempt": attempt_id,
+                                       "worker": worker})
         return [r[0] for r in rows]
 
     def _queue_next(self, conn: Connection, run_id: int, now: datetime, *, reason: str,
