@@ -85,9 +85,9 @@ def with_analysis_flags(repo: QueueRepo, snapshot: Snapshot,
         if results is not None:
             results[view.name] = read
         flags = flags_for_runs(read)
-        runs = tuple(
-            replace(run, flags=(*run.flags, *(f for f in flags.get((run.step, run.seed), ())
-                                              if f not in run.flags)))
+        runs = tuple(  # a copy only of the runs that get a flag (dataclass replace is slow)
+            replace(run, flags=(*run.flags, *(f for f in extra if f not in run.flags)))
+            if (extra := flags.get((run.step, run.seed))) else run
             for run in view.runs)
         studies.append(replace(view, runs=runs))
     return replace(snapshot, studies=tuple(studies))
