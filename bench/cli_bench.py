@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                                           if n in r.get("base_cpu_ms", {}) else "")
             for r in results))
     print("in one warm process (ms)")
-    for n in TIMED:
+    for n in results[0]["in_process_ms"] if results else ():
         print(f"{n:20} " + " ".join(f"{r['in_process_ms'][n]:>10.0f}" for r in results))
     for r in results:
         print(f"{r['backend']}: load average {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}"

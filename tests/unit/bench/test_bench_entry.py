@@ -39,3 +39,24 @@ def test_memory_bench_through_the_entry_point(tmp_path, monkeypatch, capsys):
     assert rows[0]["ratio_vs_baseline"] == 1.0
     (log,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log["bench"] == "memory" and log["exit"] == 0 and len(log["load_avg_before"]) == 3
+
+
+@pytest.mark.slow
+def test_cli_bench_end_to_end_on_a_small_sqlite_database(tmp_path):
+    """`python -m bench.cli_bench` on 20 runs / 2,000 metric rows, one round: every command
+    ran as a fresh process (cold and cached status included), the table and JSON came out."""
+    import subprocess
+
+    out = tmp_path / "cli.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cli_bench", "--runs", "20", "--metrics", "2000",
+         "--rounds", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                            "RECIP_TEST_PG_URL": ""})
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]      # 1 = a target missed
+    assert "in one warm process (ms)" in proc.stdout, proc.stdout
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["backend"] == "sqlite" and row["metric_rows"] > 0
+    for name in ("status", "status_cold", "status_json", "report", "report_json",
+                 "empty_status_json"):
+        assert row["fresh_ms"][name] > 0 and row["cpu_ms"][name] > 0, name
