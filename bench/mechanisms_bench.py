@@ -1,12 +1,17 @@
 """Training-step time of every registered attention and MLP variant relative to the GPT-2 baseline.
 
     python -m bench.mechanisms_bench [--quick] [--device cpu|cuda] [--sizes tiny,small]
+        [--rounds N] [--inner K] [--threads N]
 
 One step = zero_grad + forward + backward + AdamW step, warm. Each round visits every variant
 (in a rotated order) and times it right next to the baseline (and its reference), alternating
 which goes first; the reported ratio is the median over rounds of those adjacent ratios, so a
 slow spell of a shared machine hits both sides of a ratio (design.md §8: single CPU steps spike
-1.5-2x).
+1.5-2x). Each round gives one paired ratio per variant; with >= 10 rounds the table adds the
+95 % bootstrap CI of the median ratio and a Wilcoxon signed-rank test of log ratio = 0 (scipy,
+bench/train_bench.py's `paired`). `--inner 1` (one step per visit) halves a round's cost, so
+that >= 30 paired rounds at `small` fit in minutes on 2 cores; CPU time (process, all threads)
+per step is recorded next to the wall time.
 
 Every mechanism in `models.registry` is benchmarked, Gen-3 ones included: `KNOB_SETS` names
 the knob sets worth timing per mechanism; a registered name missing there runs with its
@@ -33,6 +38,14 @@ from models import registry
 from models.config import GPTConfig
 from models.gpt2 import GPT
 from models.presets import PRESETS, TOKENIZER_VOCAB
+
+
+def paired(ratios: list[float]) -> dict[str, Any]:
+    """bench/train_bench.py's paired statistics (median, 95 % bootstrap CI, Wilcoxon p) of
+    per-round variant / reference ratios, here > 1 = the variant is slower."""
+    from bench.train_bench import paired as stats
+
+    return stats(ratios)
 
 # knob sets per mechanism (label suffix, knobs); names absent here run with default knobs
 KNOB_SETS: dict[str, list[tuple[str, dict[str, Any]]]] = {
@@ -69,8 +82,10 @@ class Variant:
     mlp_knobs: dict[str, Any]
     ref: str = "baseline"
     times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     vs_base: list[float] = field(default_factory=list)
     vs_ref: list[float] = field(default_factory=list)
+    cpu_vs_base: list[float] = field(default_factory=list)
     error: str | None = None
 
 
@@ -154,12 +169,15 @@ def bench_size(size: str, device: str, rounds: int, inner: int, warmup: int) -> 
     by_label = {v.label: (v, step) for v, step in live}
     base = by_label["baseline"]
 
+    cpu_of: dict[str, float] = {}
+
     def timed(entry: tuple[Variant, Callable[[], None]]) -> float:
         sync(device)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(inner):
             entry[1]()
         sync(device)
+        cpu_of[entry[0].label] = (time.process_time() - c0) / inner
         return (time.perf_counter() - t0) / inner
 
     # each measurement times the variant right next to the baseline (and its reference), in
@@ -170,18 +188,28 @@ def bench_size(size: str, device: str, rounds: int, inner: int, warmup: int) -> 
             group = [base, entry] + ([by_label[v.ref]] if v.ref not in ("baseline", v.label) else [])
             t = {e[0].label: timed(e) for e in (group if r % 2 == 0 else group[::-1])}
             v.times.append(t[v.label])
+            v.cpu.append(cpu_of[v.label])
+            v.cpu_vs_base.append(cpu_of[v.label] / cpu_of["baseline"])
             v.vs_base.append(t[v.label] / t["baseline"])
             v.vs_ref.append(t[v.label] / t.get(v.ref, t["baseline"]))
     rows = []
     for v, _ in live:
-        rows.append({
+        row: dict[str, Any] = {
             "size": size, "variant": v.label, "attn": v.attn, "attn_knobs": v.attn_knobs,
             "mlp": v.mlp, "mlp_knobs": v.mlp_knobs, "ref": v.ref,
             "median_ms": 1e3 * statistics.median(v.times),
+            "median_cpu_ms": 1e3 * statistics.median(v.cpu),
             "ratio_vs_baseline": statistics.median(v.vs_base),
             "ratio_vs_ref": statistics.median(v.vs_ref),
+            "cpu_ratio_vs_baseline": statistics.median(v.cpu_vs_base),
             "rounds": len(v.times),
-        })
+        }
+        if len(v.times) >= 10 and v.label != "baseline":
+            row["paired_vs_baseline"] = paired(v.vs_base)
+            row["paired_cpu_vs_baseline"] = paired(v.cpu_vs_base)
+            if v.ref != "baseline":
+                row["paired_vs_ref"] = paired(v.vs_ref)
+        rows.append(row)
     for v in failed:
         rows.append({"size": size, "variant": v.label, "attn": v.attn, "mlp": v.mlp, "error": v.error})
     return rows
@@ -260,12 +288,18 @@ def render_kv(rows: list[dict[str, Any]]) -> str:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'size':6} {'variant':34} {'ms/step':>9} {'x baseline':>10} {'x ref':>7}  ref"]
+    lines = [f"{'size':6} {'variant':34} {'ms/step':>9} {'cpu ms':>8} {'x baseline':>10} {'95% CI':>13} "
+             f"{'p':>8} {'cpu x':>6} {'x ref':>7}  ref"]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['size']:6} {r['variant']:34} {'-':>9} {'-':>10} {'-':>7}  error: {r['error']}")
+            lines.append(f"{r['size']:6} {r['variant']:34} {'-':>9} {'-':>8} {'-':>10} {'-':>13} {'-':>8} "
+                         f"{'-':>6} {'-':>7}  error: {r['error']}")
             continue
-        lines.append(f"{r['size']:6} {r['variant']:34} {r['median_ms']:9.1f} {r['ratio_vs_baseline']:10.3f} "
+        st = r.get("paired_vs_baseline")
+        ci = f"{st['ci95'][0]:.3f}-{st['ci95'][1]:.3f}" if st else "-"
+        pv = f"{st['wilcoxon_p']:.2g}" if st and st["wilcoxon_p"] is not None else "-"
+        lines.append(f"{r['size']:6} {r['variant']:34} {r['median_ms']:9.1f} {r.get('median_cpu_ms', float('nan')):8.1f} "
+                     f"{r['ratio_vs_baseline']:10.3f} {ci:>13} {pv:>8} {r.get('cpu_ratio_vs_baseline', float('nan')):6.3f} "
                      f"{r['ratio_vs_ref']:7.3f}  {r['ref']}")
     return "\n".join(lines)
 
@@ -275,7 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run, noisier)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--sizes", default="tiny,small")
-    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=None, help="paired rounds (default 9; 3 with --quick)")
+    ap.add_argument("--inner", type=int, default=None,
+                    help="timed steps per visit (default 2; 1 with --quick); x5 on CUDA")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 is steadier on a shared machine); default: torch's")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "mechanisms.json"))
@@ -300,18 +336,27 @@ def main(argv: list[str] | None = None) -> None:
         return
     rounds = args.rounds or (3 if args.quick else 9)
     inner, warmup = (1, 2) if args.quick else (2, 3)
+    if args.inner is not None:
+        if args.inner < 1:
+            ap.error("--inner must be >= 1")
+        inner = args.inner
     if args.device == "cuda":
         inner, warmup = inner * 5, warmup * 5
     rows: list[dict[str, Any]] = []
     t0 = time.time()
+    load_before = loadavg()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for size in args.sizes.split(","):
         rows += bench_size(size.strip(), args.device, rounds, inner, warmup)
     print(render(rows))
+    print(f"threads {torch.get_num_threads()} | rounds {rounds} | inner {inner} | "
+          f"load average {load_before} -> {loadavg()} | started {started}")
     result = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "torch": torch.__version__, "tokenizer": "byte",
         "vocab_size": TOKENIZER_VOCAB["byte"], "batch": {s: BATCH.get(s, 4) for s in args.sizes.split(",")},
         "rounds": rounds, "inner": inner, "quick": args.quick, "seconds": round(time.time() - t0, 1),
+        "started_at": started, "loadavg_before": load_before, "loadavg_after": loadavg(),
         "rows": rows,
     }
     out = Path(args.out)

@@ -11,7 +11,11 @@ work (so the child starts with no allocator state and OpenMP is safe); the child
 baseline once (torch maps its kernels' code on first use), resets its peak RSS
 (`/proc/self/clear_refs`, 5), builds the model, runs forward + backward, and reports
 VmHWM - VmRSS-at-start: parameters + gradients + activations + AdamW's two moments +
-allocator slack.
+allocator slack. The child fixes glibc's mmap threshold at 128 KiB (`mallopt`), which also
+turns off its dynamic threshold: with it on, a freed large tensor raised the threshold and
+later ones came from the brk heap, whose fragmentation made the same variant's peak differ by
+up to 25 % between runs (2026-12-04); fixed, every tensor over 128 KiB is its own mapping,
+returned on free, so the high-water mark tracks the live bytes.
 CUDA: in process, `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`,
 bf16 autocast as the trainer uses it. Writes bench/results/memory.json and prints a table.
 """
@@ -80,6 +84,22 @@ def _warm_kernels() -> None:
     m(idx, idx)[1].backward()
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD = 128 * 1024
+
+
+def _fix_mmap_threshold() -> bool:
+    """glibc: allocations over 128 KiB always mmapped (and the dynamic threshold off)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 def _cpu_child(v: Variant, size: str) -> dict[str, Any]:
     """Fork; measure in the child; the child's dict comes back through a pipe."""
     r, w = os.pipe()
@@ -89,12 +109,14 @@ def _cpu_child(v: Variant, size: str) -> dict[str, Any]:
         out: dict[str, Any]
         try:
             torch.set_num_threads(1)
+            fixed = _fix_mmap_threshold()
             _warm_kernels()
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
             start = _status_kb("VmRSS")
             out = _fwd_bwd(v, size, "cpu")
             out["peak_mb"] = (_status_kb("VmHWM") - start) / 1024
+            out["mmap_threshold_fixed"] = fixed
         except Exception as e:  # noqa: BLE001 - reported as the row's error
             out = {"label": v.label, "attn": v.attn, "mlp": v.mlp, "error": f"{type(e).__name__}: {e}"[:200]}
         os.write(w, json.dumps(out).encode())

@@ -7,7 +7,7 @@ optional `bench` extra), Hugging Face's GPT2LMHeadModel of the same shape. All g
 config, batch and optimizer (torch AdamW) at the machine's thread count; their steps
 (forward + backward + optimizer step) are interleaved, rotating which goes first, each
 iteration gives one paired ratio per peer (median, bootstrap CI, Wilcoxon; >= 30 pairs),
-and the median of the warm steps is reported (design.md §8: single steps spike 1.5-2x on
+and the median of the warm steps is reported, wall and process CPU time (all threads) (design.md §8: single steps spike 1.5-2x on
 this machine, only medians of interleaved runs mean anything). The vocabulary defaults to
 the byte tokenizer's 320 so that the blocks, not the LM head, dominate. Writes
 bench/results/train.json and prints a table; ratio = ours tok/s / reference tok/s.
@@ -121,10 +121,10 @@ def _step_fn(model, device: torch.device):
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
 
-    def step(x, y) -> float:
+    def step(x, y) -> tuple[float, float]:
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         with autocast:
             _, loss = model(x, y)
         loss.backward()
@@ -132,7 +132,7 @@ def _step_fn(model, device: torch.device):
         opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     return step
 
@@ -163,6 +163,7 @@ def bench_preset(preset: str, vocab: int, steps: int, warmup: int, device: torch
         models["hf"] = HFGPT(cfg).to(device).train()
     fns = {k: _step_fn(m, device) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
+    cpu: dict[str, list[float]] = {k: [] for k in models}  # process CPU time, all threads
     g = torch.Generator().manual_seed(0)
     names = list(models)
     for i in range(warmup + steps):
@@ -170,16 +171,18 @@ def bench_preset(preset: str, vocab: int, steps: int, warmup: int, device: torch
         y = torch.randint(0, vocab, (B, T), generator=g).to(device)
         order = names[i % len(names):] + names[:i % len(names)]  # rotate who goes first
         for name in order:
-            dt = fns[name](x, y)
+            dt, dc = fns[name](x, y)
             if i >= warmup:
                 times[name].append(dt)
+                cpu[name].append(dc)
     med = {k: statistics.median(v) for k, v in times.items()}
     tok = B * T
-    peers = {}
+    peers, peers_cpu = {}, {}
     for peer in ("ref", "hf"):
         if peer in times:  # paired: ours and the peer ran in the same iteration
             ratios = [p / o for o, p in zip(times["ours"], times[peer], strict=True)]
             peers[peer] = paired(ratios)
+            peers_cpu[peer] = paired([p / o for o, p in zip(cpu["ours"], cpu[peer], strict=True)])
     return {
         "preset": preset, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "block_size": T, "batch": B,
         "vocab_size": vocab, "steps": steps, "warmup": warmup,
@@ -189,6 +192,8 @@ def bench_preset(preset: str, vocab: int, steps: int, warmup: int, device: torch
         "hf_ms": 1000 * med["hf"] if "hf" in med else None,
         "hf_tok_s": tok / med["hf"] if "hf" in med else None,
         "paired": peers,
+        "paired_cpu": peers_cpu,
+        "cpu_ms": {k: 1000 * statistics.median(v) for k, v in cpu.items()},
         "params_hf": sum(p.numel() for p in models["hf"].parameters()) if "hf" in models else None,
         "params_ours": sum(p.numel() for p in ours.parameters()),
         "params_ref": sum(p.numel() for p in ref.parameters()),
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     device = torch.device(args.device)
+    load0, started = os.getloadavg(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows = []
     for preset in args.presets.split(","):
         steps = args.steps or (10 if args.quick else 60) * (2 if preset == "tiny" else 1)
@@ -225,13 +231,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    paired vs {peer}: median {st['median']:.3f} (95% CI {st['ci95'][0]:.3f}-"
                   f"{st['ci95'][1]:.3f}, n={st['n']}, Wilcoxon p={st['wilcoxon_p']})"
                   + (f"; hf {r['hf_ms']:.1f} ms" if peer == "hf" else ""))
+            sc = r["paired_cpu"][peer]
+            print(f"    CPU time vs {peer}: median {sc['median']:.3f} (95% CI {sc['ci95'][0]:.3f}-"
+                  f"{sc['ci95'][1]:.3f}); CPU ms ours {r['cpu_ms']['ours']:.1f}, {peer} {r['cpu_ms'][peer]:.1f}")
     worst = min(r["ratio"] for r in rows)
     print(f"ratio = ours tok/s / reference tok/s (>= 1 means ours is not slower); worst {worst:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "quick": args.quick, "rows": rows, "worst_ratio": worst,
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "started_at": started,
+        "loadavg_before": load0, "loadavg_after": os.getloadavg(),
     }, indent=2))
     return 0 if math.isfinite(worst) else 1
 

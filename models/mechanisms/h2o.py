@@ -62,7 +62,16 @@ except Exception:  # noqa: BLE001 - any scripting failure falls back to the eage
     _h2o_loop_compiled = _h2o_loop
 
 
-@torch.compiler.disable  # a data-dependent loop over tokens: dynamo leaves it to TorchScript
+# A data-dependent loop over tokens: dynamo leaves it to TorchScript. `torch._disable_dynamo` is
+# torch's lazy form of `torch.compiler.disable` (what torch.optim uses): it imports torch._dynamo
+# at the first call instead of at import time, so importing the model code (every attempt
+# imports this module through models.registry) no longer costs the ~0.8 s (quiet 2-core box)
+# of torch._dynamo's imports; dynamo skips torch._compile's wrapper frame (MOD_SKIPLIST), i.e.
+# a graph break and an eager call, as with the public decorator, which is the fallback.
+_disable_dynamo = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
+
+
+@_disable_dynamo
 @torch.no_grad()
 def h2o_keep(scores: torch.Tensor, n_keep: int, recency: int, mode: str = "kv") -> torch.Tensor:
     """Kept-key mask (..., T, T) bool of the token-by-token heavy-hitter cache.

@@ -24,11 +24,38 @@ A non-finite grad norm skips the update (the trainer then stops the run as diver
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+
+
+# torch.optim imports torch._dynamo (sympy, fx, distributed...: ~0.8 s of a cold attempt's
+# start on a quiet 2-core box, ~2 s under load) on the first call of Optimizer.add_param_group,
+# zero_grad, state_dict, load_state_dict (`torch._disable_dynamo`) and of every step
+# (`_use_grad_for_differentiable`), only so that dynamo can skip or break the graph around
+# them. While dynamo has not been imported nothing is being compiled, and those wrappers
+# reduce to the undecorated functions below (step: under no_grad, which ours is), so
+# AdamWSPAM calls them directly then; once torch._dynamo is loaded (torch.compile, a kv_prune
+# model), or where this torch lays its functions out differently (no `__wrapped__`), it calls
+# torch's decorated methods as before.
+def _undecorated(fn: Callable[..., Any]) -> Callable[..., Any] | None:
+    inner = inspect.unwrap(fn)
+    return inner if inner is not fn else None
+
+
+_ADD_PARAM_GROUP = _undecorated(torch.optim.Optimizer.add_param_group)
+_ZERO_GRAD = _undecorated(torch.optim.Optimizer.zero_grad)
+_STATE_DICT = _undecorated(torch.optim.Optimizer.state_dict)
+_LOAD_STATE_DICT = _undecorated(torch.optim.Optimizer.load_state_dict)
+_ADAM_STEP = _undecorated(torch.optim.AdamW.step)
+
+
+def _dynamo_free(fn: Callable[..., Any] | None) -> bool:
+    return fn is not None and "torch._dynamo" not in sys.modules
 
 
 class AdamWSPAM(torch.optim.AdamW):
@@ -61,6 +88,18 @@ class AdamWSPAM(torch.optim.AdamW):
         self.skipped = 0            # updates skipped for a non-finite grad norm
         self.last_grad_norm = float("nan")
         self.last_lr_factor = 1.0
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if _dynamo_free(_ADD_PARAM_GROUP):
+            _ADD_PARAM_GROUP(self, param_group)  # type: ignore[misc]
+        else:
+            super().add_param_group(param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if _dynamo_free(_ZERO_GRAD):
+            _ZERO_GRAD(self, set_to_none)  # type: ignore[misc]
+        else:
+            super().zero_grad(set_to_none)
 
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"] if p.grad is not None]
@@ -124,7 +163,10 @@ class AdamWSPAM(torch.optim.AdamW):
         for g in self.param_groups:
             g["lr"] = g["lr"] * factor
         try:
-            super().step()
+            if _dynamo_free(_ADAM_STEP):
+                _ADAM_STEP(self)  # type: ignore[misc]  # we are under no_grad, as its wrapper sets
+            else:
+                super().step()
         finally:
             for g, lr in zip(self.param_groups, scheduled, strict=True):
                 g["lr"] = lr
@@ -153,7 +195,7 @@ class AdamWSPAM(torch.optim.AdamW):
 
     # plain JSON-able values next to torch's state, so torch.load(weights_only=True) works
     def state_dict(self):
-        sd = super().state_dict()
+        sd = _STATE_DICT(self) if _dynamo_free(_STATE_DICT) else super().state_dict()  # type: ignore[misc]
         sd["spam"] = {"counter": self.counter, "warmup_until": self.warmup_until,
                       "norms": list(self.norms), "spikes": self.spikes, "resets": self.resets,
                       "clipped": self.clipped, "skipped": self.skipped}
@@ -162,7 +204,10 @@ class AdamWSPAM(torch.optim.AdamW):
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
         spam = state_dict.pop("spam", None)
-        super().load_state_dict(state_dict)
+        if _dynamo_free(_LOAD_STATE_DICT):
+            _LOAD_STATE_DICT(self, state_dict)  # type: ignore[misc]
+        else:
+            super().load_state_dict(state_dict)
         if spam is not None:
             self.counter = int(spam["counter"])
             self.warmup_until = int(spam["warmup_until"])
