@@ -85,7 +85,7 @@ def fresh(argv: list[str], code: str | None = None, *, cold: bool = False) -> fl
     ms = 1000 * (time.perf_counter() - t)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     # CPU time (user + sys) of the child: far less sensitive to a loaded machine than wall
-    CPU_MS.setdefault(" ".join(argv) + f"|{code}", []).append(
+    CPU_MS.setdefault(" ".join(argv) + f"|{code}|{cold}", []).append(
         1000 * (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime))
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[-4:])} exited {proc.returncode}: "
@@ -135,11 +135,12 @@ def measure(url: str, empty_url: str, rounds: int,
             samples[k].append(fresh(cmds[k], cold=k == "status_cold"))
             if not first_base and base and k not in ("empty_status_json", "db_current"):
                 base_samples[k].append(fresh(base_cmds[k], base[0]))
-    def cpu(argv: list[str], code: str | None) -> float:
-        return round(statistics.median(CPU_MS[" ".join(argv) + f"|{code}"][1:] or [math.nan]), 1)
+    def cpu(argv: list[str], code: str | None, cold: bool = False) -> float:
+        return round(statistics.median(
+            CPU_MS[" ".join(argv) + f"|{code}|{cold}"][1:] or [math.nan]), 1)
 
     out: dict[str, Any] = {
-        "cpu_ms": {k: cpu(cmds[k], None) for k in cmds},
+        "cpu_ms": {k: cpu(cmds[k], None, k == "status_cold") for k in cmds},
         "fresh_ms": {k: round(statistics.median(v), 1) for k, v in samples.items()},
         "fresh_min_ms": {k: round(min(v), 1) for k, v in samples.items()},
         "in_process_ms": in_process(url, rounds)}

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 VERSION_TABLE = "recip_alembic_version"
 # Every revision in migrations/versions/, oldest first; the last is the head this code runs.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006")
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
 HEAD = REVISIONS[-1]
 
 _LOCK_KEY = 0x7265636970  # "recip"

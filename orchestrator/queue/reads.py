@@ -22,7 +22,6 @@ from orchestrator.core.results import (
     MetricSummaries,
     SeriesSummary,
     StudyResults,
-    summarise,
 )
 from orchestrator.core.states import LEASED as _LEASED
 from orchestrator.core.states import values
@@ -278,36 +277,45 @@ def metric_summaries(conn: Connection, attempt_ids: Sequence[int],
     """attempt -> name -> SeriesSummary (finite points: count, largest |value|, the last)
     of the metrics starting with any of `prefixes`, aggregated in the database.
 
-    `core.results.summarise` is the definition. SQLite computes it in SQL over the prefix's
-    key range (one row per series instead of every point: 45k rows at 1M metric rows,
-    bench/report_bench.py); finite = not NULL (SQLite's NaN) and not infinite, the last
-    point looked up by its key. PostgreSQL plans the same aggregate as a parallel scan of
-    the whole table plus a sort, slower than reading the points (measured side by side,
-    2026-12-04), so there the points are read and summarised in Python."""
+    `core.results.summarise` is the definition; this is the same in SQL, so the report
+    moves one row per series instead of every point (3.8k instead of 45k rows at 1M metric
+    rows, bench/report_bench.py). Finite = not NULL (SQLite's NaN), not NaN (PostgreSQL
+    sorts NaN above every number, so the BETWEEN drops it) and not infinite. The last
+    point: PostgreSQL takes it in the same pass (`array_agg(value ORDER BY step DESC)[1]`);
+    SQLite looks it up by its key, one prefix range at a time."""
     out: MetricSummaries = {a: {} for a in attempt_ids}
     if not attempt_ids or not prefixes:
-        return out
-    if conn.dialect.name != "sqlite":
-        for aid, names in metric_series(conn, attempt_ids, None, prefixes).items():
-            out[aid] = {n: s for n, pts in names.items() if (s := summarise(pts)) is not None}
         return out
     finite = sa.and_(METRICS.c.value.is_not(None),
                      METRICS.c.value.between(-FINITE_MAX, FINITE_MAX))
     ids = METRICS.c.attempt_id.in_(list(attempt_ids))
-    for where in [sa.and_(ids, finite, _name_prefix(conn, p)) for p in prefixes]:
-        g = (sa.select(METRICS.c.attempt_id, METRICS.c.name,
-                       sa.func.count().label("n"),
-                       sa.func.max(sa.func.abs(METRICS.c.value)).label("max_abs"),
-                       sa.func.max(METRICS.c.step).label("last_step"))
-             .where(where).group_by(METRICS.c.attempt_id, METRICS.c.name).subquery())
-        last = METRICS.alias("last")
-        query = (sa.select(g.c.attempt_id, g.c.name, g.c.n, g.c.max_abs, g.c.last_step,
-                           last.c.value)
-                 .join(last, sa.and_(last.c.attempt_id == g.c.attempt_id,
-                                     last.c.name == g.c.name, last.c.step == g.c.last_step)))
-        for attempt_id, name, n, max_abs, last_step, value in conn.execute(query):
+    group = (METRICS.c.attempt_id, METRICS.c.name)
+    n = sa.func.count().label("n")
+    max_abs = sa.func.max(sa.func.abs(METRICS.c.value)).label("max_abs")
+    last_step = sa.func.max(METRICS.c.step).label("last_step")
+    queries: list[sa.Select[Any]] = []
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+        last = sa.func.array_agg(aggregate_order_by(METRICS.c.value, METRICS.c.step.desc()))
+        where = sa.and_(ids, finite, sa.or_(*(_name_prefix(conn, p) for p in prefixes)))
+        queries.append(sa.select(*group, n, max_abs, last_step, last[1])
+                       .where(where).group_by(*group))
+    else:
+        for p in prefixes:
+            g = (sa.select(*group, n, max_abs, last_step)
+                 .where(sa.and_(ids, finite, _name_prefix(conn, p))).group_by(*group)
+                 .subquery())
+            at = METRICS.alias("last")
+            queries.append(
+                sa.select(g.c.attempt_id, g.c.name, g.c.n, g.c.max_abs, g.c.last_step,
+                          at.c.value)
+                .join(at, sa.and_(at.c.attempt_id == g.c.attempt_id, at.c.name == g.c.name,
+                                  at.c.step == g.c.last_step)))
+    for query in queries:
+        for attempt_id, name, count, biggest, step, value in conn.execute(query):
             out[attempt_id].setdefault(name, SeriesSummary(
-                n=int(n), max_abs=float(max_abs), last_step=int(last_step), last=float(value)))
+                n=int(count), max_abs=float(biggest), last_step=int(step), last=float(value)))
     return out
 
 

@@ -184,8 +184,10 @@ METRICS = sa.Table(
     _col("name", sa.String(200), primary_key=True),
     _col("step", sa.Integer, primary_key=True),
     _col("value", sa.Float, null=True),   # NULL reads back as NaN (SQLite stores NaN as NULL)
-    # covering read of a series (value in the key): migration 0002
-    sa.Index("ix_metrics_series", "attempt_id", "name", "step", "value"),
+    # covering read of a series (value in the key): migration 0002; on PostgreSQL names
+    # compare bytewise so a name prefix is a key range (0007)
+    sa.Index("ix_metrics_series", "attempt_id", "name", "step", "value",
+             postgresql_ops={"name": "varchar_pattern_ops"}),
 )
 
 STUDY_EVENTS = sa.Table(

@@ -124,7 +124,7 @@ CASES: dict[str, Case] = {
                             "sqlite:///{tmp}/absent.db` to create it"),
     "db-newer-schema": Case(("status", "--db", "sqlite:///{tmp}/newer.db"),
                             "error: database sqlite:///{tmp}/newer.db is at schema 9999, newer "
-                            "than this recip knows (head 0006): upgrade recip (`git pull` and "
+                            "than this recip knows (head 0007): upgrade recip (`git pull` and "
                             "reinstall) on this machine", setup=_newer_schema),
     "db-bad-url": Case(("status", "--db", "not a url"),
                        "error: invalid database URL 'not a url': expected sqlite:///PATH.db or "

@@ -64,7 +64,7 @@ def test_passes_on_a_set_up_machine(sqlite_url, data_dir, tmp_path, capsys, quie
     assert rc == 0, checks
     assert list(by) == ["db", "ray", "gpus", "datasets", "tokenizer", "wandb", "disk"]
     assert all(c["status"] in ("ok", "warn") for c in checks)
-    assert by["db"]["status"] == "ok" and "schema at head 0006" in by["db"]["detail"]
+    assert by["db"]["status"] == "ok" and "schema at head 0007" in by["db"]["detail"]
     assert by["ray"]["status"] == "ok" and "started and stopped" in by["ray"]["detail"]
     assert by["ray"]["seconds"] < 30
     assert by["datasets"]["status"] == "ok" and "sha256 verified" in by["datasets"]["detail"]

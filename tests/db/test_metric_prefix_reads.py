@@ -82,3 +82,23 @@ def test_sqlite_series_read_is_a_covering_index_scan(sqlite_url):
     finally:
         engine.dispose()
     assert "COVERING INDEX ix_metrics_series" in plan, plan
+
+
+def test_postgres_prefix_read_is_a_range_of_the_series_index(pg_url):
+    """Migration 0007: on PostgreSQL `ix_metrics_series` compares names bytewise, so a name
+    prefix (a LIKE) is an index condition, not a filter over every row of the table. The
+    planner is told to avoid a sequential scan: the question is whether the index CAN serve
+    the prefix, which with the collation's operator class it cannot."""
+    from orchestrator.queue.db import make_engine
+
+    engine = make_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            query = (sa.select(METRICS.c.name).where(METRICS.c.attempt_id.in_([1, 2]))
+                     .where(reads._name_prefix(conn, "stats/")))
+            sql = query.compile(conn, compile_kwargs={"literal_binds": True})
+            plan = "\n".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+    finally:
+        engine.dispose()
+    assert "ix_metrics_series" in plan and "~>=~ 'stats/'" in plan, plan
