@@ -78,6 +78,13 @@ def build_app(only: str | None = None) -> typer.Typer:
     return root
 
 
+ONE_BLAS_THREAD = frozenset({"status", "report"})
+"""Commands whose only numerics are a few small t tests (scipy on numpy): OpenBLAS starts
+one spinning thread per core when numpy is imported, 0.2 s of CPU on a 2-core box for a
+command that takes < 1 s (bench/cli_bench.py). Neither starts a trainer, so the setting
+(the user's own OPENBLAS_NUM_THREADS wins) reaches no training process."""
+
+
 def _command_name(args: list[str]) -> str | None:
     """The command an argv names, when it is one of ours and nothing but --debug precedes it."""
     for arg in args:
@@ -100,7 +107,10 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv` and return the exit code (the error boundary)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("RECIP_DEBUG") == "1"
-    command = typer.main.get_command(build_app(_command_name(args)))
+    name = _command_name(args)
+    if name in ONE_BLAS_THREAD:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    command = typer.main.get_command(build_app(name))
     try:
         rc = command.main(args=args, prog_name="recip", standalone_mode=False)
     except _EXIT as e:

@@ -115,8 +115,8 @@ def render_text(rep: Report, fmt: Format, plots: list[Path], out: Path | None, *
                 overrides: dict[str, Any] | None = None, notes: Sequence[str] = ()) -> str:
     from orchestrator.report.export import to_json, to_markdown
 
-    if fmt is Format.json:
-        return to_json(rep, overrides)
+    if fmt is Format.json:  # one line into a pipe, indented into a file or on a terminal
+        return to_json(rep, overrides, compact=out is None and not sys.stdout.isatty())
     if fmt is Format.md:
         return to_markdown(rep, plots, relative_to=out.parent if out is not None else None,
                            notes=notes)

@@ -6,7 +6,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,18 @@ from orchestrator.report.values import Comparison, Reading, Report, StepSummary
 def to_dict(report: Report, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The Report as plain JSON-able data (tuples become lists), with the top-level
     `overrides` the study's current runs were submitted under ({} = as written)."""
-    data = asdict(report)
-    data["used_attempts"] = {k: [list(x) for x in v] for k, v in report.used_attempts.items()}
-    data["overrides"] = dict(overrides or {})
-    clean: dict[str, Any] = _finite(data)
-    return clean
+    data: dict[str, Any] = _plain(report)
+    data["overrides"] = _plain(dict(overrides or {}))
+    return data
 
 
-def to_json(report: Report, overrides: dict[str, Any] | None = None) -> str:
+def to_json(report: Report, overrides: dict[str, Any] | None = None, *,
+            compact: bool = False) -> str:
+    """The Report as JSON, keys sorted: indented (a file, a terminal), or one line
+    (`compact`, into a pipe: json's C encoder only runs without an indent)."""
+    if compact:
+        return json.dumps(to_dict(report, overrides), sort_keys=True,
+                          separators=(",", ":")) + "\n"
     return json.dumps(to_dict(report, overrides), indent=2, sort_keys=True) + "\n"
 
 
@@ -176,11 +180,18 @@ def _rule(n: int) -> str:
     return "|" + "---|" * n
 
 
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
+def _plain(x: Any) -> Any:
+    """JSON-able data: dataclasses as dicts of their fields, tuples as lists, non-finite
+    floats as null. One walk (`dataclasses.asdict` deep-copies every value first: 2x the
+    time of `recip report --format json` at 1,000 runs)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, str | int):
+        return x
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
+        return [_plain(v) for v in x]
+    if is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _plain(getattr(x, f.name)) for f in fields(x)}
     return x

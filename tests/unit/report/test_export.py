@@ -36,6 +36,11 @@ def test_json_export_round_trips_the_numbers(build, spec000) -> None:
     assert pend["verdict"] == "pending" and pend["delta"] is None
     assert [r["status"] for r in data["rules"]] == ["quiet", "pending", "pending", "quiet"]
     assert data["used_attempts"]["step1"] == [[1, 3], [2, 4]]
+    compact = to_json(rep, {"preset": "tiny", "time": float("inf")}, compact=True)
+    assert compact.count("\n") == 1 and json.loads(compact)["overrides"] == {
+        "preset": "tiny", "time": None}                       # non-finite -> null, as before
+    assert {k: v for k, v in json.loads(compact).items() if k != "overrides"} == {
+        k: v for k, v in data.items() if k != "overrides"}
 
 
 def test_markdown_has_every_section_and_links_plots(build, spec000, tmp_path) -> None:
