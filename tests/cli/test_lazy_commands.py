@@ -47,3 +47,19 @@ def test_every_command_of_the_full_app_is_in_the_lazy_table():
     for name in names:
         lazy = typer.main.get_command(app_module.build_app(name))
         assert name in lazy.commands  # type: ignore[attr-defined]
+
+
+def test_read_commands_exit_fast_with_their_output_and_code(tmp_path):
+    """`recip status` / `recip report` leave by `os._exit` after flushing (app.READ_COMMANDS):
+    the output is complete, the exit code is the command's, narration reaches stderr."""
+    db = f"sqlite:///{tmp_path}/q.db"
+    cli = [sys.executable, "-m", "orchestrator.cli.app"]
+    assert subprocess.run([*cli, "db", "upgrade", "--db", db], capture_output=True,
+                          timeout=120).returncode == 0
+    ok = subprocess.run([*cli, "status", "--json", "--db", db], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["studies"] == [], ok
+    bad = subprocess.run([*cli, "report", "nosuch", "--db", db], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 1 and "nosuch" in bad.stderr and bad.stdout == "", bad
+    assert "status" in app_module.READ_COMMANDS and "run" not in app_module.READ_COMMANDS
