@@ -11,6 +11,7 @@ within two lease periods, and `recip workers down` stops box B in under 30 s."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -64,8 +65,15 @@ def test_a_box_dies_mid_study_and_the_other_box_finishes_it(
                 victim = mine
         assert sorted(placed.values()) == [0, 1], placed  # one GPU worker per box, on it
 
-        # box A dies: its driver, its Ray node, its attempt process, its disk
+        # box A dies, everything on it at once: its worker processes first (a worker that
+        # outlived its attempt by a moment would record the attempt `failed` instead of
+        # leaving it to be reaped, which a dead box never does), its driver, its Ray node,
+        # its attempt process, its disk
         attempt = attempt_row(pg_url, victim.attempt_id)
+        for w in live.values():
+            if placed.get(w.id) == 0 and w.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.pid, signal.SIGKILL)
         os.killpg(drivers[0].pid, signal.SIGKILL)
         c.remove_node(boxes[0], allow_graceful=False)
         if attempt.pid and psutil.pid_exists(attempt.pid):
