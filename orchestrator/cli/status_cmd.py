@@ -6,7 +6,6 @@ someone is looking, without a cron job.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,6 +14,7 @@ import typer
 
 from orchestrator.cli.common import DbOption, JsonOption, complete_study, db_url, emit_json, say
 from orchestrator.core.errors import UnknownStudy
+from orchestrator.core.plain import plain
 
 if TYPE_CHECKING:
     from orchestrator.core.results import StudyResults
@@ -23,24 +23,8 @@ if TYPE_CHECKING:
 
 
 def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
-    """The Snapshot as JSON-ready data (datetimes as ISO 8601).
-
-    A field walk, not `dataclasses.asdict`: asdict deep-copies every value, which was most
-    of `recip status --json` at 1,000 runs (bench/cli_bench.py)."""
-    def convert(value: Any) -> Any:
-        if value is None or isinstance(value, str | int | float):
-            return value
-        if isinstance(value, datetime):
-            return value.isoformat()
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, dict):
-            return {k: convert(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [convert(v) for v in value]
-        return value
-
-    out: dict[str, Any] = convert(snapshot)
+    """The Snapshot as JSON-ready data (datetimes as ISO 8601)."""
+    out: dict[str, Any] = plain(snapshot)
     return out
 
 
